@@ -1,0 +1,641 @@
+//! AdmissionReview in, AdmissionReview out.
+//!
+//! [`parse_review`], [`plan`] and [`decide`] are pure; [`Admitter::review`] glues them to the
+//! resolver. The response is written through our own struct so the patch is base64 with
+//! `patchType: JSONPatch`, the documented form (kube's type writes a number array, crate-apis W5).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::metrics::{AdmissionLabels, Metrics, PathLabel};
+use crate::podspec::{self, ImageSite};
+use crate::reference::{ImageRef, ReferenceError};
+use crate::resolve::{dedupe, Outcome, Resolver};
+
+/// `/mutate` pins what it can and never blocks; `/enforce` denies what it cannot pin.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Mutate,
+    Enforce,
+}
+
+impl Mode {
+    pub fn path(self) -> &'static str {
+        match self {
+            Mode::Mutate => "mutate",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionReview {
+    pub api_version: String,
+    pub kind: String,
+    pub request: Option<AdmissionRequest>,
+}
+
+#[derive(Deserialize, Debug, Clone, Default)]
+pub struct GroupVersionKind {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub version: String,
+    pub kind: String,
+}
+
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionRequest {
+    pub uid: String,
+    pub kind: GroupVersionKind,
+    #[serde(default)]
+    pub sub_resource: Option<String>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    pub operation: String,
+    #[serde(default)]
+    pub object: Option<Value>,
+    #[serde(default)]
+    pub old_object: Option<Value>,
+    #[serde(default)]
+    pub dry_run: Option<bool>,
+}
+
+/// A body that is not an AdmissionReview.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("body is not an AdmissionReview: {0}")]
+    Json(String),
+    #[error(
+        "unsupported AdmissionReview apiVersion {0:?}: configure admissionReviewVersions: [v1]"
+    )]
+    Version(String),
+    #[error("kind is {0:?}, expected AdmissionReview")]
+    Kind(String),
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    #[error("AdmissionReview request has an empty uid")]
+    NoUid,
+}
+
+/// Parses and checks a review body.
+pub fn parse_review(body: &[u8]) -> Result<(String, AdmissionRequest), ReviewError> {
+    let review: AdmissionReview =
+        serde_json::from_slice(body).map_err(|e| ReviewError::Json(e.to_string()))?;
+    if !matches!(
+        review.api_version.as_str(),
+        "admission.k8s.io/v1" | "admission.k8s.io/v1beta1"
+    ) {
+        return Err(ReviewError::Version(review.api_version));
+    }
+    if review.kind != "AdmissionReview" {
+        return Err(ReviewError::Kind(review.kind));
+    }
+    let request = review.request.ok_or(ReviewError::NoRequest)?;
+    if request.uid.is_empty() {
+        return Err(ReviewError::NoUid);
+    }
+    Ok((review.api_version, request))
+}
+
+/// Settings that shape admission answers.
+#[derive(Clone, Debug)]
+pub struct AdmissionConfig {
+    pub keep_tag: bool,
+    pub skip_prefixes: Vec<String>,
+    pub resolve_timeout: Duration,
+    pub stale_on_error: bool,
+}
+
+/// What a request asks of the resolver.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Sites to pin, each with its parsed image.
+    pub targets: Vec<(ImageSite, ImageRef)>,
+    /// Sites whose image cannot be parsed: never sent anywhere, reported.
+    pub invalid: Vec<(ImageSite, ReferenceError)>,
+    /// Why nothing is looked at, when that is the case (for the log line).
+    pub ignored: Option<&'static str>,
+}
+
+/// Which images of the request need resolving. Pure.
+pub fn plan(req: &AdmissionRequest, cfg: &AdmissionConfig) -> Plan {
+    let ignore = |why| Plan {
+        ignored: Some(why),
+        ..Plan::default()
+    };
+    let update = match req.operation.as_str() {
+        "CREATE" => false,
+        "UPDATE" => true,
+        _ => return ignore("operation"),
+    };
+    let Some(spec_at) = podspec::pod_spec_location(&req.kind.group, &req.kind.kind) else {
+        return ignore("kind");
+    };
+    match req.sub_resource.as_deref().unwrap_or("") {
+        "" => {}
+        "ephemeralcontainers" if update => {}
+        _ => return ignore("subresource"),
+    }
+    let Some(object) = &req.object else {
+        return ignore("no object");
+    };
+    let mut sites = podspec::find_images(object, spec_at);
+    if update {
+        sites = podspec::changed_since(sites, req.old_object.as_ref());
+    }
+    let mut p = Plan::default();
+    for site in sites {
+        if cfg
+            .skip_prefixes
+            .iter()
+            .any(|pre| site.image.starts_with(pre.as_str()))
+        {
+            continue;
+        }
+        match ImageRef::parse(&site.image) {
+            Ok(r) => p.targets.push((site, r)),
+            Err(ReferenceError::HasDigest { .. }) => {}
+            Err(e) => p.invalid.push((site, e)),
+        }
+    }
+    p
+}
+
+/// The decision for one request. Pure.
+#[derive(Debug, PartialEq)]
+pub struct Decision {
+    pub allowed: bool,
+    pub patch: Vec<json_patch::PatchOperation>,
+    pub warnings: Vec<String>,
+    /// Set on denial: every image that could not be pinned and why.
+    pub denial: Option<String>,
+    pub pinned: usize,
+    pub left: usize,
+}
+
+/// Combines a plan with the resolver's outcomes (one per `plan.targets` entry, in order).
+pub fn decide(plan: &Plan, outcomes: &[Outcome], mode: Mode, keep_tag: bool) -> Decision {
+    let mut pins: Vec<(&ImageSite, String)> = Vec::new();
+    let mut warnings = Vec::new();
+    let mut failures = Vec::new();
+    for ((site, image), outcome) in plan.targets.iter().zip(outcomes) {
+        match outcome {
+            Outcome::Pinned(d) => pins.push((site, image.pinned(d, keep_tag))),
+            Outcome::Stale { digest, error } => {
+                pins.push((site, image.pinned(digest, keep_tag)));
+                warnings.push(format!(
+                    "tagpin: {image} pinned to its last known digest {digest}: {error}"
+                ));
+            }
+            Outcome::Failed(e) => failures.push((image.to_string(), e.to_string())),
+        }
+    }
+    for (site, e) in &plan.invalid {
+        failures.push((format!("{} ({})", site.image, site.label), e.to_string()));
+    }
+    let left = failures.len();
+    let pinned = pins.len();
+    match mode {
+        Mode::Enforce if !failures.is_empty() => Decision {
+            allowed: false,
+            patch: Vec::new(),
+            warnings: Vec::new(),
+            denial: Some(format!(
+                "tagpin: denied, {} image(s) could not be pinned to a digest: {}",
+                left,
+                failures
+                    .iter()
+                    .map(|(image, why)| format!("{image}: {why}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )),
+            pinned: 0,
+            left,
+        },
+        _ => {
+            warnings.extend(
+                failures
+                    .iter()
+                    .map(|(image, why)| format!("tagpin: {image} left unpinned: {why}")),
+            );
+            Decision {
+                allowed: true,
+                patch: podspec::replace_ops(pins),
+                warnings: warnings.into_iter().map(|w| truncate(w, 512)).collect(),
+                denial: None,
+                pinned,
+                left,
+            }
+        }
+    }
+}
+
+/// The API server may cut long warnings; keep them whole-character and bounded.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max - 3;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push_str("...");
+    }
+    s
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewOut {
+    pub api_version: String,
+    pub kind: &'static str,
+    pub response: ResponseOut,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseOut {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// base64 of the JSON Patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusOut>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct StatusOut {
+    pub status: &'static str,
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// Builds the AdmissionReview answer for a decision.
+pub fn response(api_version: String, uid: String, d: &Decision) -> ReviewOut {
+    let patch = (!d.patch.is_empty()).then(|| {
+        // Serializing a Vec of patch operations cannot fail.
+        let json = serde_json::to_vec(&d.patch).unwrap_or_default();
+        base64::engine::general_purpose::STANDARD.encode(json)
+    });
+    ReviewOut {
+        api_version,
+        kind: "AdmissionReview",
+        response: ResponseOut {
+            uid,
+            allowed: d.allowed,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            warnings: d.warnings.clone(),
+            status: d.denial.as_ref().map(|m| StatusOut {
+                status: "Failure",
+                code: 403,
+                reason: "Forbidden",
+                message: m.clone(),
+            }),
+        },
+    }
+}
+
+/// Holds the resolver and answers reviews.
+#[derive(Clone)]
+pub struct Admitter {
+    pub resolver: Resolver,
+    pub config: Arc<AdmissionConfig>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Admitter {
+    /// Answers one review body. `Err` only for bodies that are not an AdmissionReview.
+    pub async fn review(&self, body: &[u8], mode: Mode) -> Result<ReviewOut, ReviewError> {
+        let started = Instant::now();
+        let path = mode.path();
+        let (api_version, req) = match parse_review(body) {
+            Ok(r) => r,
+            Err(e) => {
+                self.count(path, "invalid", started);
+                tracing::warn!(path, error = %e, "rejected a body that is not an AdmissionReview");
+                return Err(e);
+            }
+        };
+        let plan = plan(&req, &self.config);
+        let (distinct, index) = dedupe(
+            &plan
+                .targets
+                .iter()
+                .map(|(_, r)| r.clone())
+                .collect::<Vec<_>>(),
+        );
+        let outcomes = if distinct.is_empty() {
+            Vec::new()
+        } else {
+            let deadline = started + self.config.resolve_timeout;
+            let allow_stale = self.config.stale_on_error && mode == Mode::Mutate;
+            let resolved = self
+                .resolver
+                .resolve_all(&distinct, &[], deadline, allow_stale)
+                .await;
+            index.iter().map(|&i| resolved[i].clone()).collect()
+        };
+        let decision = decide(&plan, &outcomes, mode, self.config.keep_tag);
+        let outcome = match (
+            &plan.ignored,
+            decision.allowed,
+            decision.pinned,
+            decision.left,
+        ) {
+            (Some(_), ..) => "ignored",
+            (_, false, ..) => "denied",
+            (_, _, 0, 0) => "unchanged",
+            (_, _, _, 0) => "pinned",
+            (_, _, 0, _) => "unpinned",
+            _ => "partial",
+        };
+        self.count(path, outcome, started);
+        let name = req
+            .name
+            .as_deref()
+            .filter(|n| !n.is_empty())
+            .or_else(|| {
+                req.object
+                    .as_ref()?
+                    .pointer("/metadata/generateName")?
+                    .as_str()
+            })
+            .unwrap_or("");
+        tracing::info!(
+            uid = %req.uid,
+            namespace = req.namespace.as_deref().unwrap_or(""),
+            name,
+            kind = %req.kind.kind,
+            operation = %req.operation,
+            path,
+            dry_run = req.dry_run.unwrap_or(false),
+            pinned = decision.pinned,
+            left = decision.left,
+            warnings = decision.warnings.len(),
+            outcome,
+            ignored = plan.ignored.unwrap_or(""),
+            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+            "admission"
+        );
+        Ok(response(api_version, req.uid, &decision))
+    }
+
+    fn count(&self, path: &'static str, outcome: &'static str, started: Instant) {
+        self.metrics
+            .admissions
+            .get_or_create(&AdmissionLabels { path, outcome })
+            .inc();
+        self.metrics
+            .admission_seconds
+            .get_or_create(&PathLabel { path })
+            .observe(started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::reference::Digest;
+    use crate::resolve::LookupError;
+    use serde_json::json;
+
+    const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
+
+    fn cfg() -> AdmissionConfig {
+        AdmissionConfig {
+            keep_tag: false,
+            skip_prefixes: vec!["kind.local/".into()],
+            resolve_timeout: Duration::from_secs(5),
+            stale_on_error: true,
+        }
+    }
+
+    fn req(op: &str, sub: Option<&str>, object: Value, old: Option<Value>) -> AdmissionRequest {
+        AdmissionRequest {
+            uid: "u1".into(),
+            kind: GroupVersionKind {
+                group: "".into(),
+                version: "v1".into(),
+                kind: "Pod".into(),
+            },
+            sub_resource: sub.map(Into::into),
+            name: Some("p".into()),
+            namespace: Some("ns".into()),
+            operation: op.into(),
+            object: Some(object),
+            old_object: old,
+            dry_run: None,
+        }
+    }
+
+    fn pod(images: &[&str]) -> Value {
+        let cs: Vec<Value> = images
+            .iter()
+            .enumerate()
+            .map(|(i, im)| json!({"name": format!("c{i}"), "image": im}))
+            .collect();
+        json!({"metadata": {"name": "p"}, "spec": {"containers": cs}})
+    }
+
+    fn images(p: &Plan) -> Vec<&str> {
+        p.targets.iter().map(|(s, _)| s.image.as_str()).collect()
+    }
+
+    #[test]
+    fn plan_skips_digests_prefixes_and_reports_invalid() {
+        let obj = pod(&[
+            "nginx:1",
+            &format!("app@{D}"),
+            "kind.local/x:1",
+            "Bad:Image",
+            "nginx:1",
+        ]);
+        let p = plan(&req("CREATE", None, obj, None), &cfg());
+        assert_eq!(images(&p), vec!["nginx:1", "nginx:1"]);
+        assert_eq!(p.invalid.len(), 1);
+        assert!(p.ignored.is_none());
+    }
+
+    #[test]
+    fn plan_ignores_other_operations_kinds_and_subresources() {
+        let obj = pod(&["nginx:1"]);
+        assert_eq!(
+            plan(&req("DELETE", None, obj.clone(), None), &cfg()).ignored,
+            Some("operation")
+        );
+        assert_eq!(
+            plan(&req("UPDATE", Some("status"), obj.clone(), None), &cfg()).ignored,
+            Some("subresource")
+        );
+        assert_eq!(
+            plan(
+                &req("CREATE", Some("ephemeralcontainers"), obj.clone(), None),
+                &cfg()
+            )
+            .ignored,
+            Some("subresource")
+        );
+        let mut r = req("CREATE", None, obj, None);
+        r.kind.kind = "ConfigMap".into();
+        assert_eq!(plan(&r, &cfg()).ignored, Some("kind"));
+    }
+
+    #[test]
+    fn update_pins_only_changed_images() {
+        let old = pod(&["nginx:1", "redis:7"]);
+        let new = pod(&["nginx:1", "redis:8"]);
+        let p = plan(&req("UPDATE", None, new, Some(old)), &cfg());
+        assert_eq!(images(&p), vec!["redis:8"]);
+        // ephemeralcontainers subresource: the new debug container is pinned, nothing else.
+        let old = pod(&["nginx:1"]);
+        let mut new = old.clone();
+        new["spec"]["ephemeralContainers"] = json!([{"name": "dbg", "image": "busybox:1.36"}]);
+        let p = plan(
+            &req("UPDATE", Some("ephemeralcontainers"), new, Some(old)),
+            &cfg(),
+        );
+        assert_eq!(images(&p), vec!["busybox:1.36"]);
+    }
+
+    #[test]
+    fn decide_mutate_pins_and_warns() {
+        let obj = pod(&["nginx:1", "redis:7", "app:2", "Bad:Image"]);
+        let p = plan(&req("CREATE", None, obj.clone(), None), &cfg());
+        let d = Digest::parse(D).unwrap();
+        let err = LookupError::Deadline {
+            registry: "index.docker.io".into(),
+            after: Duration::from_secs(5),
+        };
+        let outcomes = vec![
+            Outcome::Pinned(d.clone()),
+            Outcome::Failed(err.clone()),
+            Outcome::Stale {
+                digest: d.clone(),
+                error: err,
+            },
+        ];
+        let dec = decide(&p, &outcomes, Mode::Mutate, false);
+        assert!(dec.allowed);
+        assert_eq!((dec.pinned, dec.left), (2, 2));
+        let mut patched = obj.clone();
+        json_patch::patch(&mut patched, &dec.patch).unwrap();
+        let mut expected = obj;
+        expected["spec"]["containers"][0]["image"] = json!(format!("nginx@{D}"));
+        expected["spec"]["containers"][2]["image"] = json!(format!("app@{D}"));
+        assert_eq!(patched, expected);
+        assert_eq!(
+            dec.warnings[1],
+            "tagpin: redis:7 left unpinned: registry index.docker.io timed out after 5s"
+        );
+        assert!(
+            dec.warnings[0].starts_with("tagpin: app:2 pinned to its last known digest"),
+            "{:?}",
+            dec.warnings
+        );
+        assert!(
+            dec.warnings[2].starts_with("tagpin: Bad:Image (containers/c3) left unpinned"),
+            "{:?}",
+            dec.warnings
+        );
+    }
+
+    #[test]
+    fn decide_enforce_denies_naming_every_image() {
+        let obj = pod(&["nginx:1", "redis:7"]);
+        let p = plan(&req("CREATE", None, obj, None), &cfg());
+        let err = |r: &str| LookupError::BreakerOpen {
+            registry: r.into(),
+            remaining: Duration::from_secs(3),
+        };
+        let dec = decide(
+            &p,
+            &[Outcome::Failed(err("a")), Outcome::Failed(err("b"))],
+            Mode::Enforce,
+            false,
+        );
+        assert!(!dec.allowed);
+        assert!(dec.patch.is_empty());
+        let m = dec.denial.unwrap();
+        assert!(
+            m.contains("nginx:1: circuit breaker open for registry a"),
+            "{m}"
+        );
+        assert!(
+            m.contains("redis:7: circuit breaker open for registry b"),
+            "{m}"
+        );
+        // Nothing to fix: allowed.
+        let dec = decide(&Plan::default(), &[], Mode::Enforce, false);
+        assert!(dec.allowed);
+    }
+
+    #[test]
+    fn response_has_base64_patch_and_status_code() {
+        let obj = pod(&["nginx:1"]);
+        let p = plan(&req("CREATE", None, obj, None), &cfg());
+        let dec = decide(
+            &p,
+            &[Outcome::Pinned(Digest::parse(D).unwrap())],
+            Mode::Mutate,
+            true,
+        );
+        let out = serde_json::to_value(response("admission.k8s.io/v1".into(), "u1".into(), &dec))
+            .unwrap();
+        assert_eq!(out["response"]["uid"], "u1");
+        assert_eq!(out["response"]["patchType"], "JSONPatch");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(out["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        let ops: Value = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(
+            ops,
+            json!([{"op": "replace", "path": "/spec/containers/0/image", "value": format!("nginx:1@{D}")}])
+        );
+        let deny = Decision {
+            allowed: false,
+            patch: vec![],
+            warnings: vec![],
+            denial: Some("no".into()),
+            pinned: 0,
+            left: 1,
+        };
+        let out = serde_json::to_value(response("admission.k8s.io/v1".into(), "u2".into(), &deny))
+            .unwrap();
+        assert_eq!(out["response"]["status"]["code"], 403);
+        assert!(out["response"].get("patch").is_none());
+    }
+
+    #[test]
+    fn parse_review_errors_say_what_is_wrong() {
+        assert!(matches!(
+            parse_review(b"not json"),
+            Err(ReviewError::Json(_))
+        ));
+        assert!(matches!(
+            parse_review(br#"{"apiVersion":"v1","kind":"Pod"}"#),
+            Err(ReviewError::Version(_))
+        ));
+        assert!(matches!(
+            parse_review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}"#),
+            Err(ReviewError::NoRequest)
+        ));
+        let e = parse_review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x"}}"#)
+            .unwrap_err();
+        assert!(e.to_string().contains("missing field"), "{e}");
+    }
+}

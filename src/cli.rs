@@ -1,0 +1,249 @@
+//! Command line: every flag also reads a `TAGPIN_<FLAG>` environment variable. Turns flags into
+//! the plain settings structs the library takes.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::admission::AdmissionConfig;
+use crate::resolve::credentials::{CredentialError, CredentialSet};
+use crate::resolve::registry::RegistryOptions;
+use crate::resolve::ResolverConfig;
+use crate::server::ServeConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tagpin",
+    version,
+    about = "Pin container image tags to digests: a Kubernetes mutating admission webhook and a CLI"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the admission webhook (POST /mutate, POST /enforce) over HTTPS.
+    Serve(ServeArgs),
+    /// Resolve images to pinned references: prints "<input> <pinned>" per image; exit 1 if any fails.
+    Resolve(ResolveArgs),
+}
+
+fn duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 5s, 2m, 24h)"))
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Flags shared by every command that talks to registries.
+#[derive(Args, Debug, Clone)]
+pub struct RegistryArgs {
+    /// Registry (HOST[:PORT], as in the image) spoken to over plain HTTP. Repeatable.
+    #[arg(
+        long = "insecure-registry",
+        env = "TAGPIN_INSECURE_REGISTRY",
+        value_delimiter = ',',
+        value_name = "HOST[:PORT]"
+    )]
+    pub insecure_registry: Vec<String>,
+    /// Extra CA bundle (PEM) trusted for registries, besides the system's.
+    #[arg(long, env = "TAGPIN_REGISTRY_CA", value_name = "FILE")]
+    pub registry_ca: Option<PathBuf>,
+    /// Docker config.json with static registry credentials ("auths").
+    #[arg(long, env = "TAGPIN_DOCKER_CONFIG", value_name = "FILE")]
+    pub docker_config: Option<PathBuf>,
+    /// How long a resolved digest is reused before the registry is asked again.
+    #[arg(long, env = "TAGPIN_CACHE_TTL", default_value = "30s", value_parser = duration)]
+    pub cache_ttl: Duration,
+    /// Most digests kept in the cache.
+    #[arg(long, env = "TAGPIN_CACHE_CAPACITY", default_value_t = 10_000)]
+    pub cache_capacity: u64,
+    /// Budget for resolving all images of one admission (or one `resolve` run).
+    #[arg(long, env = "TAGPIN_RESOLVE_TIMEOUT", default_value = "5s", value_parser = duration)]
+    pub resolve_timeout: Duration,
+    /// Bound on one registry lookup; a lookup outliving an admission goes on in the background this long and fills the cache.
+    #[arg(long, env = "TAGPIN_LOOKUP_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub lookup_timeout: Duration,
+    /// How long the last known digest of each tag is kept for stale-on-error.
+    #[arg(long, env = "TAGPIN_STALE_TTL", default_value = "24h", value_parser = duration)]
+    pub stale_ttl: Duration,
+    /// Never pin to a last known digest when the registry fails (leave the image unpinned instead).
+    #[arg(long, env = "TAGPIN_NO_STALE_ON_ERROR")]
+    pub no_stale_on_error: bool,
+    /// Consecutive failures to one registry that open its circuit breaker.
+    #[arg(long, env = "TAGPIN_BREAKER_THRESHOLD", default_value_t = 5)]
+    pub breaker_threshold: u32,
+    /// How long an open breaker fails lookups fast (a 429's Retry-After overrides it).
+    #[arg(long, env = "TAGPIN_BREAKER_COOLDOWN", default_value = "30s", value_parser = duration)]
+    pub breaker_cooldown: Duration,
+    /// Images starting with this are never resolved (e.g. kind.local/). Repeatable.
+    #[arg(
+        long = "skip-prefix",
+        env = "TAGPIN_SKIP_PREFIX",
+        value_delimiter = ',',
+        value_name = "PREFIX"
+    )]
+    pub skip_prefix: Vec<String>,
+    /// Write repo:tag@sha256:… instead of repo@sha256:….
+    #[arg(long, env = "TAGPIN_KEEP_TAG")]
+    pub keep_tag: bool,
+    /// Never call the Kubernetes API (pull secrets and service accounts are not read).
+    #[arg(long, env = "TAGPIN_NO_KUBE")]
+    pub no_kube: bool,
+    /// Log format.
+    #[arg(long, env = "TAGPIN_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+#[derive(Args, Debug)]
+pub struct ServeArgs {
+    /// HTTPS address for admission reviews.
+    #[arg(long, env = "TAGPIN_LISTEN", default_value = "0.0.0.0:8443")]
+    pub listen: SocketAddr,
+    /// Serving certificate (PEM; may hold a chain). Reloaded when it changes.
+    #[arg(
+        long,
+        env = "TAGPIN_TLS_CERT",
+        value_name = "FILE",
+        requires = "tls_key"
+    )]
+    pub tls_cert: Option<PathBuf>,
+    /// Serving key (PEM). Reloaded when it changes.
+    #[arg(
+        long,
+        env = "TAGPIN_TLS_KEY",
+        value_name = "FILE",
+        requires = "tls_cert"
+    )]
+    pub tls_key: Option<PathBuf>,
+    /// How often the certificate files are checked for a change.
+    #[arg(long, env = "TAGPIN_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = duration)]
+    pub tls_reload_interval: Duration,
+    /// Plain-HTTP address for /metrics, /healthz and /readyz.
+    #[arg(long, env = "TAGPIN_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
+    pub metrics_listen: SocketAddr,
+    /// After SIGTERM, how long in-flight requests may take to finish.
+    #[arg(long, env = "TAGPIN_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration)]
+    pub shutdown_grace: Duration,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ResolveArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Images to resolve.
+    #[arg(required = true, value_name = "IMAGE")]
+    pub images: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Credentials(#[from] CredentialError),
+    #[error("cannot read --registry-ca {path}: {source}")]
+    Ca {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl RegistryArgs {
+    pub fn resolver_config(&self) -> Result<ResolverConfig, ConfigError> {
+        let docker_config = match &self.docker_config {
+            Some(p) => CredentialSet::from_docker_config_file(p)?,
+            None => CredentialSet::default(),
+        };
+        let extra_ca_pem = match &self.registry_ca {
+            Some(p) => Some(std::fs::read(p).map_err(|source| ConfigError::Ca {
+                path: p.clone(),
+                source,
+            })?),
+            None => None,
+        };
+        Ok(ResolverConfig {
+            registry: RegistryOptions {
+                insecure: self.insecure_registry.clone(),
+                extra_ca_pem,
+                connect_timeout: self.lookup_timeout.min(Duration::from_secs(5)),
+                request_timeout: self.lookup_timeout,
+            },
+            docker_config,
+            cache_ttl: self.cache_ttl,
+            cache_capacity: self.cache_capacity,
+            stale_ttl: (!self.no_stale_on_error).then_some(self.stale_ttl),
+            lookup_timeout: self.lookup_timeout,
+            breaker_threshold: self.breaker_threshold,
+            breaker_cooldown: self.breaker_cooldown,
+        })
+    }
+
+    pub fn admission_config(&self) -> AdmissionConfig {
+        AdmissionConfig {
+            keep_tag: self.keep_tag,
+            skip_prefixes: self.skip_prefix.clone(),
+            resolve_timeout: self.resolve_timeout,
+            stale_on_error: !self.no_stale_on_error,
+        }
+    }
+}
+
+impl ServeArgs {
+    pub fn serve_config(&self) -> ServeConfig {
+        ServeConfig {
+            listen: self.listen,
+            metrics_listen: self.metrics_listen,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_reload_interval: self.tls_reload_interval,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_and_repeatable_flags() {
+        let cli = Cli::try_parse_from([
+            "tagpin",
+            "serve",
+            "--insecure-registry",
+            "a:5000",
+            "--insecure-registry",
+            "b",
+            "--skip-prefix",
+            "kind.local/",
+            "--cache-ttl",
+            "2m",
+        ])
+        .unwrap();
+        let Command::Serve(s) = cli.command else {
+            panic!("not serve")
+        };
+        assert_eq!(s.listen, "0.0.0.0:8443".parse().unwrap());
+        assert_eq!(s.registry.insecure_registry, vec!["a:5000", "b"]);
+        assert_eq!(s.registry.cache_ttl, Duration::from_secs(120));
+        assert_eq!(s.registry.resolve_timeout, Duration::from_secs(5));
+        let rc = s.registry.resolver_config().unwrap();
+        assert_eq!(rc.stale_ttl, Some(Duration::from_secs(86_400)));
+    }
+
+    #[test]
+    fn half_a_tls_pair_is_refused_and_bad_durations_explained() {
+        assert!(Cli::try_parse_from(["tagpin", "serve", "--tls-cert", "c.pem"]).is_err());
+        let e = Cli::try_parse_from(["tagpin", "serve", "--cache-ttl", "soon"]).unwrap_err();
+        assert!(e.to_string().contains("examples"), "{e}");
+        assert!(Cli::try_parse_from(["tagpin", "resolve"]).is_err());
+    }
+}

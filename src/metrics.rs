@@ -1,0 +1,128 @@
+//! Prometheus metrics. Label values are bounded sets (paths, outcomes, registry hosts): never an
+//! image name or a namespace.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdmissionLabels {
+    pub path: &'static str,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PathLabel {
+    pub path: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LookupLabels {
+    pub registry: String,
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabel {
+    pub registry: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+pub struct Metrics {
+    registry: Registry,
+    pub admissions: Family<AdmissionLabels, Counter>,
+    pub admission_seconds: HistogramFamily<PathLabel>,
+    pub lookups: Family<LookupLabels, Counter>,
+    pub lookup_seconds: HistogramFamily<RegistryLabel>,
+    pub cache_hits: Counter,
+    pub cache_misses: Counter,
+    pub stale_served: Counter,
+    /// 0 closed, 1 open, 2 half-open.
+    pub breaker_state: Family<RegistryLabel, Gauge>,
+}
+
+fn admission_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+fn lookup_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.001, 2.0, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tagpin");
+        let admissions = Family::<AdmissionLabels, Counter>::default();
+        registry.register(
+            "admissions",
+            "Admission reviews answered, by path and outcome",
+            admissions.clone(),
+        );
+        let admission_seconds: HistogramFamily<PathLabel> =
+            Family::new_with_constructor(admission_histogram);
+        registry.register(
+            "admission_duration_seconds",
+            "Time to answer an admission review",
+            admission_seconds.clone(),
+        );
+        let lookups = Family::<LookupLabels, Counter>::default();
+        registry.register(
+            "registry_lookups",
+            "Manifest lookups sent to registries, by registry and outcome",
+            lookups.clone(),
+        );
+        let lookup_seconds: HistogramFamily<RegistryLabel> =
+            Family::new_with_constructor(lookup_histogram);
+        registry.register(
+            "registry_lookup_duration_seconds",
+            "Time of one manifest lookup (including auth round trips)",
+            lookup_seconds.clone(),
+        );
+        let cache_hits = Counter::default();
+        registry.register("cache_hits", "Digest cache hits", cache_hits.clone());
+        let cache_misses = Counter::default();
+        registry.register("cache_misses", "Digest cache misses", cache_misses.clone());
+        let stale_served = Counter::default();
+        registry.register(
+            "stale_digests_served",
+            "Last known digests used because the registry failed",
+            stale_served.clone(),
+        );
+        let breaker_state = Family::<RegistryLabel, Gauge>::default();
+        registry.register(
+            "breaker_state",
+            "Circuit breaker per registry: 0 closed, 1 open, 2 half-open",
+            breaker_state.clone(),
+        );
+        Self {
+            registry,
+            admissions,
+            admission_seconds,
+            lookups,
+            lookup_seconds,
+            cache_hits,
+            cache_misses,
+            stale_served,
+            breaker_state,
+        }
+    }
+
+    /// Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

@@ -1,0 +1,251 @@
+//! Image references: what a user wrote, what a registry is asked, and the pinned spelling.
+//!
+//! Pure: no network. The normalized view (registry host, repository path, tag) comes from
+//! `oci_client::Reference` (distribution's own normalization rules); the pinned value keeps the
+//! user's spelling of the repository, so `nginx:1.27` becomes `nginx@sha256:…`, never a surprise
+//! `docker.io/library/nginx@sha256:…`.
+
+use std::fmt;
+
+use oci_client::Reference;
+
+/// An image as found in an object, split into the parts tagpin needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    /// The string exactly as written in the object.
+    original: String,
+    /// The repository part exactly as written (`original` without `:tag`).
+    written_repo: String,
+    /// The tag as written, if any (`None` means the implicit `latest`).
+    tag: Option<String>,
+    /// Registry host as the HTTP API is reached (`index.docker.io` for Docker Hub).
+    registry: String,
+    /// Repository path inside the registry (`library/nginx`).
+    repository: String,
+}
+
+/// Why an image string cannot be pinned. Carries the image so every message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReferenceError {
+    #[error("{image:?} already carries a digest")]
+    HasDigest { image: String },
+    #[error("{image:?} is not a valid image reference ({reason}); fix the image field")]
+    Invalid { image: String, reason: String },
+}
+
+impl ImageRef {
+    /// Parses an image string that carries no digest. An image with `@` is reported as
+    /// [`ReferenceError::HasDigest`]: callers leave such images alone.
+    pub fn parse(image: &str) -> Result<Self, ReferenceError> {
+        if image.contains('@') {
+            return Err(ReferenceError::HasDigest {
+                image: image.to_string(),
+            });
+        }
+        let invalid = |reason: &str| ReferenceError::Invalid {
+            image: image.to_string(),
+            reason: reason.to_string(),
+        };
+        if image.is_empty() {
+            return Err(invalid("empty"));
+        }
+        if image.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            return Err(invalid("contains whitespace"));
+        }
+        // The tag is after the last ':' that follows the last '/', so `host:5000/app` has none.
+        let last_slash = image.rfind('/').map_or(0, |i| i + 1);
+        let (written_repo, tag) = match image[last_slash..].rfind(':') {
+            Some(i) => {
+                let at = last_slash + i;
+                (&image[..at], Some(&image[at + 1..]))
+            }
+            None => (image, None),
+        };
+        if let Some(t) = tag {
+            if !valid_tag(t) {
+                return Err(invalid(
+                    "tag must be 1-128 of [A-Za-z0-9_.-], not starting with . or -",
+                ));
+            }
+        }
+        let parsed: Reference = image
+            .parse()
+            .map_err(|e: oci_client::ParseError| invalid(&e.to_string()))?;
+        Ok(Self {
+            original: image.to_string(),
+            written_repo: written_repo.to_string(),
+            tag: tag.map(str::to_string),
+            registry: parsed.resolve_registry().to_string(),
+            repository: parsed.repository().to_string(),
+        })
+    }
+
+    /// The image exactly as written.
+    pub fn original(&self) -> &str {
+        &self.original
+    }
+    /// Registry host (and port) the HTTP API is reached at.
+    pub fn registry(&self) -> &str {
+        &self.registry
+    }
+    /// Repository path inside the registry.
+    pub fn repository(&self) -> &str {
+        &self.repository
+    }
+    /// The tag to resolve (`latest` when none was written).
+    pub fn tag(&self) -> &str {
+        self.tag.as_deref().unwrap_or("latest")
+    }
+    /// The repository exactly as written (no tag).
+    pub fn written_repository(&self) -> &str {
+        &self.written_repo
+    }
+
+    /// The pinned spelling: `<repo as written>@<digest>`, or with `keep_tag`
+    /// `<repo as written>:<tag>@<digest>` (an implicit tag is written out as `:latest`, so the
+    /// record of which tag was resolved is never lost).
+    pub fn pinned(&self, digest: &Digest, keep_tag: bool) -> String {
+        if keep_tag {
+            format!("{}:{}@{}", self.written_repo, self.tag(), digest)
+        } else {
+            format!("{}@{}", self.written_repo, digest)
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.original)
+    }
+}
+
+fn valid_tag(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= 128
+        && !t.starts_with(['.', '-'])
+        && t.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// A content digest in its canonical form (`sha256:<64 lowercase hex>` or `sha512:<128>`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Digest(std::sync::Arc<str>);
+
+impl Digest {
+    /// Validates a digest string as a registry returns it. Anything else is refused: a digest
+    /// written into a pod spec must be exactly what the kubelet will ask for.
+    pub fn parse(s: &str) -> Option<Self> {
+        let (alg, hex) = s.split_once(':')?;
+        let len = match alg {
+            "sha256" => 64,
+            "sha512" => 128,
+            _ => return None,
+        };
+        let ok = hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
+        ok.then(|| Self(s.into()))
+    }
+
+    /// The sha256 digest of exact bytes.
+    pub fn sha256_of(bytes: &[u8]) -> Self {
+        use sha2::{Digest as _, Sha256};
+        Self(format!("sha256:{}", hex::encode(Sha256::digest(bytes))).into())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    fn d() -> Digest {
+        Digest::parse(D).expect("valid digest")
+    }
+
+    #[test]
+    fn docker_hub_short_name_keeps_spelling() {
+        let r = ImageRef::parse("nginx:1.27").unwrap();
+        assert_eq!(r.registry(), "index.docker.io");
+        assert_eq!(r.repository(), "library/nginx");
+        assert_eq!(r.tag(), "1.27");
+        assert_eq!(r.pinned(&d(), false), format!("nginx@{D}"));
+        assert_eq!(r.pinned(&d(), true), format!("nginx:1.27@{D}"));
+    }
+
+    #[test]
+    fn untagged_means_latest() {
+        let r = ImageRef::parse("team/app").unwrap();
+        assert_eq!(r.tag(), "latest");
+        assert_eq!(r.repository(), "team/app");
+        assert_eq!(r.pinned(&d(), false), format!("team/app@{D}"));
+        assert_eq!(r.pinned(&d(), true), format!("team/app:latest@{D}"));
+    }
+
+    #[test]
+    fn registry_with_port_and_nested_path() {
+        let r = ImageRef::parse("127.0.0.1:5000/team/app/web:v1.2.3-rc_1").unwrap();
+        assert_eq!(r.registry(), "127.0.0.1:5000");
+        assert_eq!(r.repository(), "team/app/web");
+        assert_eq!(r.tag(), "v1.2.3-rc_1");
+        assert_eq!(r.written_repository(), "127.0.0.1:5000/team/app/web");
+        // A port is not a tag.
+        let r = ImageRef::parse("localhost:5000/app").unwrap();
+        assert_eq!(r.registry(), "localhost:5000");
+        assert_eq!(r.tag(), "latest");
+        assert_eq!(r.pinned(&d(), false), format!("localhost:5000/app@{D}"));
+    }
+
+    #[test]
+    fn digests_are_left_alone() {
+        assert!(matches!(
+            ImageRef::parse(&format!("nginx@{D}")),
+            Err(ReferenceError::HasDigest { .. })
+        ));
+        assert!(matches!(
+            ImageRef::parse(&format!("nginx:1.27@{D}")),
+            Err(ReferenceError::HasDigest { .. })
+        ));
+    }
+
+    #[test]
+    fn invalid_references_name_the_image() {
+        for bad in [
+            "",
+            "Nginx:1",
+            "nginx:",
+            "nginx:-x",
+            "ngi nx",
+            "nginx:a/b:c:d",
+            "a//b",
+        ] {
+            match ImageRef::parse(bad) {
+                Err(ReferenceError::Invalid { image, .. }) => assert_eq!(image, bad),
+                other => panic!("{bad:?} parsed as {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn digest_validation() {
+        assert!(Digest::parse(D).is_some());
+        assert!(Digest::parse(&D.to_uppercase()).is_none());
+        assert!(Digest::parse("sha256:abc").is_none());
+        assert!(Digest::parse("md5:0123456789abcdef0123456789abcdef").is_none());
+        assert!(Digest::parse(&format!("{D}\n")).is_none());
+        assert!(Digest::parse("").is_none());
+        assert_eq!(
+            Digest::sha256_of(b"").as_str(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+}

@@ -1,0 +1,371 @@
+//! The `Resolver` the rest of tagpin sees: tag → digest through a cache (TTL, capacity, one
+//! registry request per key however many ask at once), a credential chain, a circuit breaker per
+//! registry, a long-lived last-known-good digest per key, and one deadline for a whole batch.
+
+pub mod breaker;
+pub mod credentials;
+pub mod registry;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+
+use crate::metrics::{LookupLabels, Metrics, RegistryLabel};
+use crate::reference::{Digest, ImageRef};
+use breaker::Breakers;
+use credentials::{Credential, CredentialSet};
+use registry::{RegistryClient, RegistryError, RegistryOptions};
+
+#[derive(Clone, Debug)]
+pub struct ResolverConfig {
+    pub registry: RegistryOptions,
+    /// Static credentials (`--docker-config`).
+    pub docker_config: CredentialSet,
+    pub cache_ttl: Duration,
+    pub cache_capacity: u64,
+    /// How long a last known digest is kept for stale-on-error; `None` turns it off.
+    pub stale_ttl: Option<Duration>,
+    /// Bound on one lookup (all its requests). A lookup outliving an admission's deadline goes on
+    /// in the background up to this long and fills the cache.
+    pub lookup_timeout: Duration,
+    pub breaker_threshold: u32,
+    pub breaker_cooldown: Duration,
+}
+
+impl Default for ResolverConfig {
+    fn default() -> Self {
+        Self {
+            registry: RegistryOptions {
+                insecure: Vec::new(),
+                extra_ca_pem: None,
+                connect_timeout: Duration::from_secs(3),
+                request_timeout: Duration::from_secs(10),
+            },
+            docker_config: CredentialSet::default(),
+            cache_ttl: Duration::from_secs(30),
+            cache_capacity: 10_000,
+            stale_ttl: Some(Duration::from_secs(24 * 3600)),
+            lookup_timeout: Duration::from_secs(10),
+            breaker_threshold: 5,
+            breaker_cooldown: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Why one lookup failed. One error type for the cache (moka groups waiters by it).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum LookupError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("circuit breaker open for registry {registry} after repeated failures (retrying in {}s)", remaining.as_secs())]
+    BreakerOpen {
+        registry: String,
+        remaining: Duration,
+    },
+    #[error("registry {registry} timed out after {}", humantime::format_duration(*after))]
+    Deadline { registry: String, after: Duration },
+    #[error("lookup task failed: {0}")]
+    Internal(String),
+}
+
+impl LookupError {
+    /// A failure of the registry rather than an answer about the image.
+    pub fn is_outage(&self) -> bool {
+        match self {
+            Self::Registry(e) => e.is_outage(),
+            Self::BreakerOpen { .. } | Self::Deadline { .. } | Self::Internal(_) => true,
+        }
+    }
+}
+
+/// What became of one image.
+#[derive(Debug, Clone)]
+pub enum Outcome {
+    /// Resolved now (or from the fresh cache).
+    Pinned(Digest),
+    /// The registry failed; this is the last digest it gave for the tag.
+    Stale {
+        digest: Digest,
+        error: LookupError,
+    },
+    Failed(LookupError),
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq)]
+struct Key {
+    registry: Arc<str>,
+    repository: Arc<str>,
+    tag: Arc<str>,
+    credential: Arc<str>,
+}
+
+impl Key {
+    fn new(image: &ImageRef, cred: &Credential) -> Self {
+        Self {
+            registry: image.registry().into(),
+            repository: image.repository().into(),
+            tag: image.tag().into(),
+            credential: cred.id().into(),
+        }
+    }
+}
+
+struct Inner {
+    client: RegistryClient,
+    docker_config: CredentialSet,
+    cache: Cache<Key, Digest>,
+    last_good: Option<Cache<Key, Digest>>,
+    breakers: Breakers,
+    metrics: Arc<Metrics>,
+    lookup_timeout: Duration,
+}
+
+/// Cheap to clone; share one per process.
+#[derive(Clone)]
+pub struct Resolver(Arc<Inner>);
+
+impl Resolver {
+    pub fn new(
+        cfg: ResolverConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, registry::ClientBuildError> {
+        let client = RegistryClient::new(&cfg.registry)?;
+        let cache = Cache::builder()
+            .name("digests")
+            .max_capacity(cfg.cache_capacity)
+            .time_to_live(cfg.cache_ttl)
+            .build();
+        let last_good = cfg.stale_ttl.map(|ttl| {
+            Cache::builder()
+                .name("last-known-digests")
+                .max_capacity(cfg.cache_capacity.saturating_mul(2))
+                .time_to_live(ttl)
+                .build()
+        });
+        Ok(Self(Arc::new(Inner {
+            client,
+            docker_config: cfg.docker_config,
+            cache,
+            last_good,
+            breakers: Breakers::new(cfg.breaker_threshold, cfg.breaker_cooldown, metrics.clone()),
+            metrics,
+            lookup_timeout: cfg.lookup_timeout,
+        })))
+    }
+
+    /// Credentials to try for `image`, in order: those of the request (pull secrets, later),
+    /// then `--docker-config`, then anonymous.
+    fn candidates(&self, image: &ImageRef, request: &[CredentialSet]) -> Vec<Credential> {
+        let mut out: Vec<Credential> = Vec::new();
+        let sets = request.iter().chain(std::iter::once(&self.0.docker_config));
+        for set in sets {
+            for c in set.matching(image.registry(), image.repository()) {
+                if !out.iter().any(|o| o.id() == c.id()) {
+                    out.push(c);
+                }
+            }
+        }
+        out.push(Credential::anonymous());
+        out
+    }
+
+    /// Resolves every image concurrently under one deadline. Images whose lookup outlives the
+    /// deadline are answered as failed (or stale), while the lookup goes on and fills the cache.
+    /// `allow_stale`: use the last known digest when the registry fails.
+    pub async fn resolve_all(
+        &self,
+        images: &[ImageRef],
+        request_credentials: &[CredentialSet],
+        deadline: Instant,
+        allow_stale: bool,
+    ) -> Vec<Outcome> {
+        let started = Instant::now();
+        let budget = deadline.saturating_duration_since(started);
+        let mut handles = Vec::with_capacity(images.len());
+        for image in images {
+            let creds = self.candidates(image, request_credentials);
+            let this = self.clone();
+            let image = image.clone();
+            handles.push(tokio::spawn(async move {
+                this.resolve_one(&image, &creds).await
+            }));
+        }
+        let mut out = Vec::with_capacity(images.len());
+        for (image, handle) in images.iter().zip(handles) {
+            let result = match tokio::time::timeout_at(deadline.into(), handle).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(join)) => Err(LookupError::Internal(join.to_string())),
+                Err(_) => Err(LookupError::Deadline {
+                    registry: image.registry().to_string(),
+                    after: round(budget),
+                }),
+            };
+            out.push(match result {
+                Ok(d) => Outcome::Pinned(d),
+                Err(e) if allow_stale && e.is_outage() => {
+                    match self.last_known(image, request_credentials).await {
+                        Some(digest) => {
+                            self.0.metrics.stale_served.inc();
+                            Outcome::Stale { digest, error: e }
+                        }
+                        None => Outcome::Failed(e),
+                    }
+                }
+                Err(e) => Outcome::Failed(e),
+            });
+        }
+        out
+    }
+
+    async fn last_known(&self, image: &ImageRef, request: &[CredentialSet]) -> Option<Digest> {
+        let last_good = self.0.last_good.as_ref()?;
+        for cred in self.candidates(image, request) {
+            if let Some(d) = last_good.get(&Key::new(image, &cred)).await {
+                return Some(d);
+            }
+        }
+        None
+    }
+
+    /// One image through the credential chain: a 401/403 moves on to the next credential;
+    /// anything else is the answer.
+    async fn resolve_one(
+        &self,
+        image: &ImageRef,
+        creds: &[Credential],
+    ) -> Result<Digest, LookupError> {
+        let mut last = None;
+        for cred in creds {
+            let key = Key::new(image, cred);
+            if let Some(d) = self.0.cache.get(&key).await {
+                self.0.metrics.cache_hits.inc();
+                return Ok(d);
+            }
+            self.0.metrics.cache_misses.inc();
+            let loaded = self
+                .0
+                .cache
+                .try_get_with(key.clone(), self.load(image, cred, key))
+                .await;
+            match loaded {
+                Ok(d) => return Ok(d),
+                Err(e) => {
+                    let e = LookupError::clone(&e);
+                    match &e {
+                        LookupError::Registry(r) if r.is_auth_refusal() => last = Some(e),
+                        _ => return Err(e),
+                    }
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| LookupError::Internal("no credential to try".into())))
+    }
+
+    /// The one registry request behind a cache miss.
+    async fn load(
+        &self,
+        image: &ImageRef,
+        cred: &Credential,
+        key: Key,
+    ) -> Result<Digest, LookupError> {
+        let inner = &self.0;
+        let registry = image.registry();
+        if let Err(open) = inner.breakers.admit(registry, Instant::now()) {
+            inner
+                .metrics
+                .lookups
+                .get_or_create(&LookupLabels {
+                    registry: registry.to_string(),
+                    outcome: "breaker_open",
+                })
+                .inc();
+            return Err(LookupError::BreakerOpen {
+                registry: registry.to_string(),
+                remaining: open.remaining,
+            });
+        }
+        let started = Instant::now();
+        let result = match tokio::time::timeout(
+            inner.lookup_timeout,
+            inner.client.manifest_digest(image, cred),
+        )
+        .await
+        {
+            Ok(r) => r,
+            Err(_) => Err(RegistryError::Timeout {
+                registry: registry.to_string(),
+                after: inner.lookup_timeout,
+            }),
+        };
+        inner
+            .metrics
+            .lookup_seconds
+            .get_or_create(&RegistryLabel {
+                registry: registry.to_string(),
+            })
+            .observe(started.elapsed().as_secs_f64());
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.outcome(),
+        };
+        inner
+            .metrics
+            .lookups
+            .get_or_create(&LookupLabels {
+                registry: registry.to_string(),
+                outcome,
+            })
+            .inc();
+        match &result {
+            Err(e) if e.is_outage() => {
+                let retry_after = match e {
+                    RegistryError::RateLimited { retry_after, .. } => {
+                        Some(retry_after.unwrap_or(Duration::ZERO))
+                    }
+                    _ => None,
+                };
+                inner
+                    .breakers
+                    .failure(registry, retry_after, Instant::now());
+            }
+            _ => inner.breakers.success(registry),
+        }
+        let digest = result?;
+        if let Some(last_good) = &inner.last_good {
+            last_good.insert(key, digest.clone()).await;
+        }
+        Ok(digest)
+    }
+
+    /// Drops every cached digest (tests and benchmarks measure cold paths with it).
+    pub fn clear_cache(&self) {
+        self.0.cache.invalidate_all();
+    }
+
+    /// How many registries have been looked up, by outcome (for `tagpin resolve` summaries).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.0.metrics
+    }
+}
+
+/// Deadlines print in whole milliseconds at most.
+fn round(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis().min(u64::MAX as u128) as u64)
+}
+
+/// Distinct images in first-seen order, and for each input the index of its distinct image.
+pub fn dedupe(images: &[ImageRef]) -> (Vec<ImageRef>, Vec<usize>) {
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    let mut distinct = Vec::new();
+    let mut index = Vec::with_capacity(images.len());
+    for im in images {
+        let i = *seen.entry(im.original()).or_insert_with(|| {
+            distinct.push(im.clone());
+            distinct.len() - 1
+        });
+        index.push(i);
+    }
+    (distinct, index)
+}

@@ -1,0 +1,196 @@
+//! Serving certificates: PEM files reloaded when their content changes (including the `..data`
+//! symlink swap of a Kubernetes Secret volume, which per-file inotify misses), or a self-signed
+//! certificate for localhost made in memory when none is given.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum_server::tls_rustls::RustlsConfig;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest as _, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}; check --tls-cert/--tls-key")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{what} holds no PEM certificate: {reason}")]
+    NoCert { what: String, reason: String },
+    #[error("{what} holds no usable PEM private key (PKCS#8, PKCS#1 or SEC1): {reason}")]
+    NoKey { what: String, reason: String },
+    #[error("certificate {cert} and key {key} do not form a usable pair: {reason}")]
+    Pair {
+        cert: String,
+        key: String,
+        reason: String,
+    },
+    #[error("cannot generate a self-signed certificate: {0}")]
+    Generate(String),
+}
+
+/// A rustls server config from a PEM chain (leaf first) and a PEM key. `names` label messages.
+pub fn server_config(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    names: (&str, &str),
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<_, _>>()
+        .map_err(|e| TlsError::NoCert {
+            what: names.0.to_string(),
+            reason: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCert {
+            what: names.0.to_string(),
+            reason: "no CERTIFICATE block".into(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|e| TlsError::NoKey {
+        what: names.1.to_string(),
+        reason: e.to_string(),
+    })?;
+    // with_single_cert checks that the key matches the leaf certificate.
+    let mut cfg = ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .map_err(|e| TlsError::Pair {
+            cert: names.0.to_string(),
+            key: names.1.to_string(),
+            reason: e.to_string(),
+        })?;
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(cfg))
+}
+
+/// A self-signed certificate and key (PEM) for localhost, 127.0.0.1 and ::1.
+pub fn self_signed() -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    let ck = rcgen::generate_simple_self_signed(vec![
+        "localhost".to_string(),
+        "127.0.0.1".to_string(),
+        "::1".to_string(),
+    ])
+    .map_err(|e| TlsError::Generate(e.to_string()))?;
+    Ok((
+        ck.cert.pem().into_bytes(),
+        ck.signing_key.serialize_pem().into_bytes(),
+    ))
+}
+
+/// Reads both files; the hash identifies the pair's content.
+pub fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>, [u8; 32]), TlsError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    let c = read(cert)?;
+    let k = read(key)?;
+    let mut h = Sha256::new();
+    h.update((c.len() as u64).to_le_bytes());
+    h.update(&c);
+    h.update(&k);
+    Ok((c, k, h.finalize().into()))
+}
+
+/// Loads the pair once, for start-up.
+pub fn load(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, [u8; 32]), TlsError> {
+    let (c, k, hash) = read_pair(cert, key)?;
+    let cfg = server_config(
+        &c,
+        &k,
+        (&cert.display().to_string(), &key.display().to_string()),
+    )?;
+    Ok((cfg, hash))
+}
+
+/// Polls the files every `interval`; on a content change that parses as a valid pair, new
+/// handshakes get the new certificate (open connections keep theirs). A bad new pair is logged
+/// once and the old one kept. Polling content, not inotify, is what sees a Secret volume's
+/// atomic symlink swap.
+pub async fn reload_loop(
+    tls: RustlsConfig,
+    cert: PathBuf,
+    key: PathBuf,
+    interval: Duration,
+    mut current: [u8; 32],
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        let (c2, k2) = (cert.clone(), key.clone());
+        let Ok(read) = tokio::task::spawn_blocking(move || read_pair(&c2, &k2)).await else {
+            continue;
+        };
+        let (c, k, hash) = match read {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "TLS reload: cannot read the certificate files; keeping the current certificate");
+                continue;
+            }
+        };
+        if hash == current {
+            continue;
+        }
+        current = hash;
+        match server_config(
+            &c,
+            &k,
+            (&cert.display().to_string(), &key.display().to_string()),
+        ) {
+            Ok(cfg) => {
+                tls.reload_from_config(cfg);
+                tracing::info!(cert = %cert.display(), "TLS certificate reloaded: new connections use it");
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "TLS reload: the new certificate files are not a valid pair; keeping the current certificate");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn provider() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+
+    #[test]
+    fn self_signed_pair_builds_and_mismatch_is_refused() {
+        provider();
+        let (c1, k1) = self_signed().unwrap();
+        let (_c2, k2) = self_signed().unwrap();
+        assert!(server_config(&c1, &k1, ("c", "k")).is_ok());
+        let e = server_config(&c1, &k2, ("c.pem", "k.pem")).unwrap_err();
+        assert!(matches!(e, TlsError::Pair { .. }), "{e}");
+        assert!(e.to_string().contains("c.pem"));
+        assert!(matches!(
+            server_config(b"junk", &k1, ("c", "k")),
+            Err(TlsError::NoCert { .. })
+        ));
+        assert!(matches!(
+            server_config(&c1, b"junk", ("c", "k")),
+            Err(TlsError::NoKey { .. })
+        ));
+    }
+
+    #[test]
+    fn chain_files_are_accepted() {
+        provider();
+        let (c1, k1) = self_signed().unwrap();
+        let (c2, _) = self_signed().unwrap();
+        let mut chain = c1.clone();
+        chain.extend_from_slice(&c2);
+        assert!(server_config(&chain, &k1, ("c", "k")).is_ok());
+    }
+}
