@@ -342,11 +342,16 @@ impl Admitter {
         let outcomes = if distinct.is_empty() {
             Vec::new()
         } else {
-            let deadline = started + self.config.resolve_timeout;
             let allow_stale = self.config.stale_on_error && mode == Mode::Mutate;
             let resolved = self
                 .resolver
-                .resolve_all(&distinct, &[], deadline, allow_stale)
+                .resolve_all(
+                    &distinct,
+                    &[],
+                    started,
+                    self.config.resolve_timeout,
+                    allow_stale,
+                )
                 .await;
             index.iter().map(|&i| resolved[i].clone()).collect()
         };

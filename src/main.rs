@@ -123,10 +123,9 @@ async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
     }
     let refs: Vec<ImageRef> = targets.iter().map(|(_, r)| r.clone()).collect();
     let (distinct, index) = dedupe(&refs);
-    let deadline = Instant::now() + cfg.resolve_timeout;
     let outcomes = admitter
         .resolver
-        .resolve_all(&distinct, &[], deadline, false)
+        .resolve_all(&distinct, &[], Instant::now(), cfg.resolve_timeout, false)
         .await;
     for ((line, image), &i) in targets.iter().zip(&index) {
         lines[*line] = match &outcomes[i] {

@@ -171,18 +171,18 @@ impl Resolver {
         out
     }
 
-    /// Resolves every image concurrently under one deadline. Images whose lookup outlives the
+    /// Resolves every image concurrently under one deadline (`started + timeout`). Images whose lookup outlives the
     /// deadline are answered as failed (or stale), while the lookup goes on and fills the cache.
     /// `allow_stale`: use the last known digest when the registry fails.
     pub async fn resolve_all(
         &self,
         images: &[ImageRef],
         request_credentials: &[CredentialSet],
-        deadline: Instant,
+        started: Instant,
+        timeout: Duration,
         allow_stale: bool,
     ) -> Vec<Outcome> {
-        let started = Instant::now();
-        let budget = deadline.saturating_duration_since(started);
+        let deadline = started + timeout;
         let mut handles = Vec::with_capacity(images.len());
         for image in images {
             let creds = self.candidates(image, request_credentials);
@@ -199,7 +199,7 @@ impl Resolver {
                 Ok(Err(join)) => Err(LookupError::Internal(join.to_string())),
                 Err(_) => Err(LookupError::Deadline {
                     registry: image.registry().to_string(),
-                    after: round(budget),
+                    after: timeout,
                 }),
             };
             out.push(match result {
@@ -348,11 +348,6 @@ impl Resolver {
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.0.metrics
     }
-}
-
-/// Deadlines print in whole milliseconds at most.
-fn round(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis().min(u64::MAX as u128) as u64)
 }
 
 /// Distinct images in first-seen order, and for each input the index of its distinct image.

@@ -504,15 +504,29 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 
 fn classify(registry: &str, e: &reqwest::Error, timeout: Duration) -> RegistryError {
     let registry = registry.to_string();
+    // io::Error::source() skips the error it wraps, so look inside io errors explicitly.
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     let mut tls = false;
     while let Some(s) = cur {
-        if s.downcast_ref::<rustls::Error>().is_some() {
+        let inner = s
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            .map(|i| i as &(dyn std::error::Error + 'static));
+        if s.downcast_ref::<rustls::Error>().is_some()
+            || inner.is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some())
+        {
             tls = true;
         }
         cur = s.source();
     }
     let reason = error_chain(e);
+    // Some layers (hyper-util's connect error) hide the typed rustls error behind a boxed
+    // wrapper; its rendering is distinctive enough to recognise.
+    let lower = reason.to_ascii_lowercase();
+    tls |= lower.contains("peer certificate")
+        || lower.contains("certificate verify")
+        || lower.contains("handshake")
+        || lower.contains("tls");
     if e.is_timeout() {
         RegistryError::Timeout {
             registry,

@@ -1,0 +1,607 @@
+//! Test harness. The registry is real: Debian's `docker-registry` (CNCF distribution 2.8), one
+//! process per test on a loopback port of its own choosing, with its own config and storage.
+//! Images are pushed by this code over the registry API, so the expected digest of every tag is
+//! the sha256 of bytes we wrote. All traffic stays on 127.0.0.1.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use base64::Engine as _;
+use http_body_util::BodyExt as _;
+use serde_json::{json, Value};
+use sha2::{Digest as _, Sha256};
+use tagpin::admission::{AdmissionConfig, Admitter};
+use tagpin::metrics::Metrics;
+use tagpin::resolve::{Resolver, ResolverConfig};
+use tower::ServiceExt as _;
+
+pub const REGISTRY_BIN: &str = "docker-registry";
+
+pub fn init() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        tagpin::install_crypto_provider();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+    });
+}
+
+pub fn sha256(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// A test CA and a serving certificate for 127.0.0.1/localhost signed by it.
+pub struct TestCa {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "tagpin test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let params =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &ca).unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
+/// One running `docker-registry`.
+pub struct Registry {
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// `127.0.0.1:PORT`
+    pub addr: String,
+    log: PathBuf,
+    pub tls: Option<TestCa>,
+    pub user: Option<(String, String)>,
+}
+
+pub struct RegistryOptions {
+    pub tls: bool,
+    pub htpasswd: Option<(String, String)>,
+}
+
+impl Registry {
+    /// Plain HTTP, anonymous.
+    pub fn plain() -> Self {
+        Self::start(RegistryOptions {
+            tls: false,
+            htpasswd: None,
+        })
+    }
+
+    /// HTTPS with its own CA, htpasswd Basic auth.
+    pub fn tls_basic(user: &str, password: &str) -> Self {
+        Self::start(RegistryOptions {
+            tls: true,
+            htpasswd: Some((user.into(), password.into())),
+        })
+    }
+
+    pub fn start(opts: RegistryOptions) -> Self {
+        init();
+        assert!(
+            Command::new(REGISTRY_BIN).arg("--version").output().is_ok(),
+            "{REGISTRY_BIN} is not installed: run the README's test command (it installs it)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let storage = dir.path().join("storage");
+        let mut cfg = format!(
+            "version: 0.1\nlog:\n  level: info\n  accesslog:\n    disabled: false\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:0\n  secret: tagpin-test\n",
+            storage.display()
+        );
+        let tls = opts.tls.then(TestCa::new);
+        if let Some(ca) = &tls {
+            std::fs::write(dir.path().join("cert.pem"), &ca.cert_pem).unwrap();
+            std::fs::write(dir.path().join("key.pem"), &ca.key_pem).unwrap();
+            cfg.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.path().join("cert.pem").display(),
+                dir.path().join("key.pem").display()
+            ));
+        }
+        if let Some((u, p)) = &opts.htpasswd {
+            let hash = bcrypt::hash_with_result(p, 4)
+                .unwrap()
+                .format_for_version(bcrypt::Version::TwoY);
+            std::fs::write(dir.path().join("htpasswd"), format!("{u}:{hash}\n")).unwrap();
+            cfg.push_str(&format!(
+                "auth:\n  htpasswd:\n    realm: tagpin-test\n    path: {}\n",
+                dir.path().join("htpasswd").display()
+            ));
+        }
+        let cfg_path = dir.path().join("config.yml");
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let log = dir.path().join("registry.log");
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&cfg_path)
+            // distribution writes its access log to stdout and everything else to stderr.
+            .stdout(std::fs::File::create(dir.path().join("access.log")).unwrap())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if let Some(i) = text.find("listening on 127.0.0.1:") {
+                let rest = &text[i + "listening on ".len()..];
+                let end = rest
+                    .find(|c: char| c != '.' && c != ':' && !c.is_ascii_digit())
+                    .unwrap_or(rest.len());
+                break rest[..end].to_string();
+            }
+            assert!(Instant::now() < deadline, "registry did not start:\n{text}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        Self {
+            dir,
+            child: Some(child),
+            addr,
+            log,
+            tls,
+            user: opts.htpasswd,
+        }
+    }
+
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn base(&self) -> String {
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
+    }
+
+    /// Access-log lines for requests whose line contains `needle` (e.g. `"HEAD /v2/a/manifests/1`).
+    /// Waits until the count has been stable for 300 ms, since the registry logs after replying.
+    pub fn count(&self, needle: &str) -> usize {
+        let access = self.dir.path().join("access.log");
+        let read = || {
+            std::fs::read_to_string(&access)
+                .unwrap_or_default()
+                .lines()
+                .filter(|l| l.starts_with("127.0.0.1 - ") && l.contains(needle))
+                .count()
+        };
+        let mut last = read();
+        let mut stable_since = Instant::now();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline && stable_since.elapsed() < Duration::from_millis(300) {
+            std::thread::sleep(Duration::from_millis(50));
+            let now = read();
+            if now != last {
+                last = now;
+                stable_since = Instant::now();
+            }
+        }
+        last
+    }
+
+    /// Manifest HEADs and GETs for `repo:tag` that reached the registry.
+    pub fn manifest_requests(&self, repo: &str, tag: &str) -> usize {
+        self.count(&format!("\"HEAD /v2/{repo}/manifests/{tag} "))
+            + self.count(&format!("\"GET /v2/{repo}/manifests/{tag} "))
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+            + &std::fs::read_to_string(self.dir.path().join("access.log")).unwrap_or_default()
+    }
+
+    pub fn pusher(&self) -> Pusher {
+        let mut b = reqwest::Client::builder();
+        if let Some(ca) = &self.tls {
+            b = b.tls_certs_only([reqwest::Certificate::from_pem(ca.ca_pem.as_bytes()).unwrap()]);
+        }
+        Pusher {
+            http: b.build().unwrap(),
+            base: self.base(),
+            auth: self.user.clone(),
+        }
+    }
+
+    /// Resolver settings that reach this registry (plain HTTP, or its CA trusted).
+    pub fn resolver_config(&self) -> ResolverConfig {
+        let mut cfg = ResolverConfig::default();
+        if self.tls.is_none() {
+            cfg.registry.insecure.push(self.addr.clone());
+        } else if let Some(ca) = &self.tls {
+            cfg.registry.extra_ca_pem = Some(ca.ca_pem.clone().into_bytes());
+        }
+        cfg
+    }
+
+    /// A docker config.json holding this registry's user, written into its directory.
+    pub fn docker_config(&self, password: &str) -> PathBuf {
+        let (u, _) = self.user.clone().expect("registry has a user");
+        let auth = base64::engine::general_purpose::STANDARD.encode(format!("{u}:{password}"));
+        let path = self.dir.path().join(format!(
+            "docker-config-{}.json",
+            sha256(password.as_bytes())
+        ));
+        std::fs::write(
+            &path,
+            json!({"auths": {format!("https://{}", self.addr): {"auth": auth}}}).to_string(),
+        )
+        .unwrap();
+        path
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub enum Kind {
+    Oci,
+    Docker,
+    /// A two-platform OCI index (amd64 + arm64).
+    Index,
+}
+
+pub struct Pusher {
+    http: reqwest::Client,
+    base: String,
+    auth: Option<(String, String)>,
+}
+
+static NONCE: AtomicU64 = AtomicU64::new(0);
+
+impl Pusher {
+    fn req(&self, m: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
+        let r = self.http.request(m, url);
+        match &self.auth {
+            Some((u, p)) => r.basic_auth(u, Some(p)),
+            None => r,
+        }
+    }
+
+    pub async fn blob(&self, repo: &str, bytes: &[u8]) -> (String, usize) {
+        let digest = sha256(bytes);
+        let resp = self
+            .req(
+                reqwest::Method::POST,
+                &format!("{}/v2/{repo}/blobs/uploads/", self.base),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 202, "start upload: {:?}", resp.text().await);
+        let loc = resp.headers()["location"].to_str().unwrap().to_string();
+        let mut url = if loc.starts_with("http") {
+            reqwest::Url::parse(&loc).unwrap()
+        } else {
+            reqwest::Url::parse(&format!("{}{loc}", self.base)).unwrap()
+        };
+        url.query_pairs_mut().append_pair("digest", &digest);
+        let resp = self
+            .req(reqwest::Method::PUT, url.as_str())
+            .header("content-type", "application/octet-stream")
+            .body(bytes.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "finish upload: {:?}", resp.text().await);
+        (digest, bytes.len())
+    }
+
+    /// PUTs exact manifest bytes under `reference` (a tag or a digest); returns their digest.
+    pub async fn manifest(
+        &self,
+        repo: &str,
+        reference: &str,
+        media_type: &str,
+        bytes: Vec<u8>,
+    ) -> String {
+        let digest = sha256(&bytes);
+        let resp = self
+            .req(
+                reqwest::Method::PUT,
+                &format!("{}/v2/{repo}/manifests/{reference}", self.base),
+            )
+            .header("content-type", media_type)
+            .body(bytes)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 201, "push manifest: {:?}", resp.text().await);
+        assert_eq!(
+            resp.headers()["docker-content-digest"].to_str().unwrap(),
+            digest
+        );
+        digest
+    }
+
+    async fn single(
+        &self,
+        repo: &str,
+        reference: &str,
+        docker: bool,
+        arch: &str,
+    ) -> (String, usize) {
+        let n = NONCE.fetch_add(1, Ordering::Relaxed);
+        let config = json!({
+            "architecture": arch, "os": "linux",
+            "config": {"Labels": {"tagpin.test/nonce": format!("{n}-{}", std::process::id())}},
+            "rootfs": {"type": "layers", "diff_ids": []}
+        })
+        .to_string();
+        let (cd, cs) = self.blob(repo, config.as_bytes()).await;
+        let layer = format!("layer {n} {arch}").into_bytes();
+        let (ld, ls) = self.blob(repo, &layer).await;
+        let (mt, ct, lt) = if docker {
+            (
+                "application/vnd.docker.distribution.manifest.v2+json",
+                "application/vnd.docker.container.image.v1+json",
+                "application/vnd.docker.image.rootfs.diff.tar.gzip",
+            )
+        } else {
+            (
+                "application/vnd.oci.image.manifest.v1+json",
+                "application/vnd.oci.image.config.v1+json",
+                "application/vnd.oci.image.layer.v1.tar+gzip",
+            )
+        };
+        let m = serde_json::to_vec_pretty(&json!({
+            "schemaVersion": 2, "mediaType": mt,
+            "config": {"mediaType": ct, "digest": cd, "size": cs},
+            "layers": [{"mediaType": lt, "digest": ld, "size": ls}]
+        }))
+        .unwrap();
+        let len = m.len();
+        (self.manifest(repo, reference, mt, m).await, len)
+    }
+
+    /// Pushes a fresh image (new content every call) to `repo:tag`; returns the tag's digest.
+    pub async fn push(&self, repo: &str, tag: &str, kind: Kind) -> String {
+        match kind {
+            Kind::Oci => self.single(repo, tag, false, "amd64").await.0,
+            Kind::Docker => self.single(repo, tag, true, "amd64").await.0,
+            Kind::Index => {
+                let mut manifests = Vec::new();
+                for arch in ["amd64", "arm64"] {
+                    // Push the platform manifest by its digest: first compute it with a throwaway tag.
+                    let (d, size) = self
+                        .single(repo, &format!("{tag}-{arch}"), false, arch)
+                        .await;
+                    manifests.push(json!({
+                        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                        "digest": d, "size": size,
+                        "platform": {"architecture": arch, "os": "linux"}
+                    }));
+                }
+                let idx = serde_json::to_vec(&json!({
+                    "schemaVersion": 2,
+                    "mediaType": "application/vnd.oci.image.index.v1+json",
+                    "manifests": manifests
+                }))
+                .unwrap();
+                self.manifest(repo, tag, "application/vnd.oci.image.index.v1+json", idx)
+                    .await
+            }
+        }
+    }
+}
+
+pub fn admitter(cfg: ResolverConfig, adm: AdmissionConfig) -> Admitter {
+    init();
+    let metrics = Arc::new(Metrics::new());
+    Admitter {
+        resolver: Resolver::new(cfg, metrics.clone()).unwrap(),
+        config: Arc::new(adm),
+        metrics,
+    }
+}
+
+pub fn admission_config() -> AdmissionConfig {
+    AdmissionConfig {
+        keep_tag: false,
+        skip_prefixes: vec![],
+        resolve_timeout: Duration::from_secs(5),
+        stale_on_error: true,
+    }
+}
+
+pub fn router(a: Admitter) -> axum::Router {
+    tagpin::server::router(a, Arc::new(std::sync::atomic::AtomicBool::new(true)))
+}
+
+/// The fixture `tests/data/<name>` with every `"IMAGE"` placeholder replaced, in document order,
+/// by the next entry of `images`.
+pub fn fixture(name: &str, images: &[&str]) -> Value {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/data")
+            .join(name),
+    )
+    .unwrap();
+    let mut out = String::new();
+    let mut rest = text.as_str();
+    let mut i = 0;
+    while let Some(pos) = rest.find("\"IMAGE\"") {
+        out.push_str(&rest[..pos]);
+        out.push_str(&serde_json::to_string(images[i % images.len()]).unwrap());
+        rest = &rest[pos + 7..];
+        i += 1;
+    }
+    out.push_str(rest);
+    serde_json::from_str(&out).unwrap()
+}
+
+/// A minimal but complete Pod CREATE review with these container images.
+pub fn pod_review(uid: &str, images: &[&str]) -> Value {
+    let containers: Vec<Value> = images
+        .iter()
+        .enumerate()
+        .map(|(i, im)| json!({"name": format!("c{i}"), "image": im}))
+        .collect();
+    json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "team-a", "operation": "CREATE",
+            "userInfo": {"username": "tester"},
+            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "team-a"},
+                       "spec": {"containers": containers}},
+            "oldObject": null, "dryRun": false
+        }
+    })
+}
+
+/// POSTs a body to the router; returns the status and parsed JSON.
+pub async fn post(router: &axum::Router, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
+    let resp = router
+        .clone()
+        .oneshot(
+            Request::post(path)
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    let v = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| json!({"raw": String::from_utf8_lossy(&bytes)}));
+    (status, v)
+}
+
+pub async fn review(router: &axum::Router, path: &str, review: &Value) -> Value {
+    let (status, v) = post(router, path, serde_json::to_vec(review).unwrap()).await;
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["kind"], "AdmissionReview");
+    assert_eq!(v["response"]["uid"], review["request"]["uid"], "uid echoed");
+    v["response"].clone()
+}
+
+/// Decodes the base64 JSON Patch of a response (None when there is none).
+pub fn patch_of(response: &Value) -> Option<json_patch::Patch> {
+    let b64 = response.get("patch")?.as_str()?;
+    assert_eq!(response["patchType"], "JSONPatch");
+    let raw = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    Some(serde_json::from_slice(&raw).unwrap())
+}
+
+/// Applies the response's patch to the review's object and returns the result.
+pub fn apply(review: &Value, response: &Value) -> Value {
+    let mut obj = review["request"]["object"].clone();
+    if let Some(p) = patch_of(response) {
+        json_patch::patch(&mut obj, &p).unwrap();
+    }
+    obj
+}
+
+pub fn warnings(response: &Value) -> Vec<String> {
+    response["warnings"]
+        .as_array()
+        .map(|a| a.iter().map(|w| w.as_str().unwrap().to_string()).collect())
+        .unwrap_or_default()
+}
+
+/// The spawned `tagpin` binary, with its log captured.
+pub struct Tagpin {
+    pub child: Child,
+    pub https: String,
+    pub metrics: String,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Tagpin {
+    pub fn spawn(args: &[&str]) -> Self {
+        init();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tagpin"))
+            .arg("serve")
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        {
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if let Some(i) = line.find("admission reviews on https://") {
+                        let rest = &line[i + "admission reviews on https://".len()..];
+                        let https = rest.split_whitespace().next().unwrap_or("").to_string();
+                        let m = rest.split("metrics on http://").nth(1).unwrap_or("");
+                        let metrics = m.split('/').next().unwrap_or("").to_string();
+                        let _ = tx.send((https, metrics));
+                    }
+                    let mut l = log.lock().unwrap();
+                    l.push_str(&line);
+                    l.push('\n');
+                }
+            });
+        }
+        let (https, metrics) = rx
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap_or_else(|_| panic!("tagpin did not start: {}", log.lock().unwrap()));
+        Self {
+            child,
+            https,
+            metrics,
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    }
+}
+
+impl Drop for Tagpin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
