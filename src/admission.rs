@@ -310,6 +310,25 @@ pub fn response(api_version: String, uid: String, d: &Decision) -> ReviewOut {
     }
 }
 
+/// The object's name for logs: the request's, else `metadata.name`, else `generateName` (pods
+/// made by a ReplicaSet arrive with only that).
+fn request_name(req: &AdmissionRequest) -> String {
+    if let Some(n) = req.name.as_deref().filter(|n| !n.is_empty()) {
+        return n.to_string();
+    }
+    let meta = req.object.as_ref().and_then(|o| o.get("metadata"));
+    let field = |f: &str| {
+        meta.and_then(|m| m.get(f))
+            .and_then(Value::as_str)
+            .filter(|n| !n.is_empty())
+    };
+    match (field("name"), field("generateName")) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(g)) => format!("{g}*"),
+        _ => String::new(),
+    }
+}
+
 /// Holds the resolver and answers reviews.
 #[derive(Clone)]
 pub struct Admitter {
@@ -370,17 +389,7 @@ impl Admitter {
             _ => "partial",
         };
         self.count(path, outcome, started);
-        let name = req
-            .name
-            .as_deref()
-            .filter(|n| !n.is_empty())
-            .or_else(|| {
-                req.object
-                    .as_ref()?
-                    .pointer("/metadata/generateName")?
-                    .as_str()
-            })
-            .unwrap_or("");
+        let name = request_name(&req);
         tracing::info!(
             uid = %req.uid,
             namespace = req.namespace.as_deref().unwrap_or(""),

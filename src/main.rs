@@ -51,9 +51,16 @@ fn init_logging(args: &RegistryArgs) {
                     .with_writer(std::io::stderr),
             )
             .init(),
-        LogFormat::Text => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .init(),
+        LogFormat::Text => {
+            use std::io::IsTerminal as _;
+            registry
+                .with(
+                    fmt::layer()
+                        .with_ansi(std::io::stderr().is_terminal())
+                        .with_writer(std::io::stderr),
+                )
+                .init()
+        }
     }
 }
 
