@@ -82,8 +82,15 @@ pub fn self_signed() -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     ))
 }
 
-/// Reads both files; the hash identifies the pair's content.
-pub fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>, [u8; 32]), TlsError> {
+/// The bytes of a certificate and key file, and a hash identifying the pair's content.
+pub struct PemPair {
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+    pub hash: [u8; 32],
+}
+
+/// Reads both files.
+pub fn read_pair(cert: &Path, key: &Path) -> Result<PemPair, TlsError> {
     let read = |p: &Path| {
         std::fs::read(p).map_err(|source| TlsError::Read {
             path: p.to_path_buf(),
@@ -96,12 +103,20 @@ pub fn read_pair(cert: &Path, key: &Path) -> Result<(Vec<u8>, Vec<u8>, [u8; 32])
     h.update((c.len() as u64).to_le_bytes());
     h.update(&c);
     h.update(&k);
-    Ok((c, k, h.finalize().into()))
+    Ok(PemPair {
+        cert: c,
+        key: k,
+        hash: h.finalize().into(),
+    })
 }
 
 /// Loads the pair once, for start-up.
 pub fn load(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, [u8; 32]), TlsError> {
-    let (c, k, hash) = read_pair(cert, key)?;
+    let PemPair {
+        cert: c,
+        key: k,
+        hash,
+    } = read_pair(cert, key)?;
     let cfg = server_config(
         &c,
         &k,
@@ -130,7 +145,11 @@ pub async fn reload_loop(
         let Ok(read) = tokio::task::spawn_blocking(move || read_pair(&c2, &k2)).await else {
             continue;
         };
-        let (c, k, hash) = match read {
+        let PemPair {
+            cert: c,
+            key: k,
+            hash,
+        } = match read {
             Ok(r) => r,
             Err(e) => {
                 tracing::warn!(error = %e, "TLS reload: cannot read the certificate files; keeping the current certificate");

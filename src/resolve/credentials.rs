@@ -185,7 +185,7 @@ impl CredentialSet {
             });
         }
         // Most specific first, as the kubelet's keyring orders them.
-        entries.sort_by(|a, b| b.path.len().cmp(&a.path.len()));
+        entries.sort_by_key(|e| std::cmp::Reverse(e.path.len()));
         Ok(Self { entries })
     }
 

@@ -1,0 +1,84 @@
+//! Admission and resolution speed, each against a floor measured in the same run: one raw manifest
+//! HEAD (reqwest, keep-alive) against the same real `docker-registry` on loopback.
+//!
+//! `cargo bench --bench admission` (needs `docker-registry`; the test script installs it).
+//! Read the figures as ratios to `floor/raw_manifest_head`.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+use common::*;
+use criterion::{criterion_group, criterion_main, Criterion};
+use tagpin::admission::Mode;
+use tagpin::reference::ImageRef;
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let reg = Registry::plain();
+    let a = reg.addr.clone();
+    let images: Vec<String> = rt.block_on(async {
+        let p = reg.pusher();
+        let mut v = Vec::new();
+        for (repo, kind) in [
+            ("web", Kind::Oci),
+            ("sidecar", Kind::Docker),
+            ("multi", Kind::Index),
+        ] {
+            p.push(repo, "1.0", kind).await;
+            v.push(format!("{a}/{repo}:1.0"));
+        }
+        v
+    });
+    let refs: Vec<&str> = images.iter().map(String::as_str).collect();
+
+    let mut g = c.benchmark_group("floor");
+    g.measurement_time(Duration::from_secs(5));
+    let http = reqwest::Client::new();
+    let url = format!("http://{a}/v2/web/manifests/1.0");
+    g.bench_function("raw_manifest_head", |b| {
+        b.to_async(&rt).iter(|| async {
+            let r = http
+                .head(&url)
+                .header("accept", tagpin::resolve::registry::ACCEPT_MANIFESTS)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            black_box(r.headers().get("docker-content-digest").is_some())
+        })
+    });
+    g.finish();
+
+    let mut g = c.benchmark_group("tagpin");
+    g.measurement_time(Duration::from_secs(5));
+    let adm = admitter(reg.resolver_config(), admission_config());
+    let web = vec![ImageRef::parse(&images[0]).unwrap()];
+    g.bench_function("cold_lookup_one_image", |b| {
+        b.to_async(&rt).iter(|| async {
+            adm.resolver.clear_cache();
+            let out = adm
+                .resolver
+                .resolve_all(&web, &[], Instant::now(), Duration::from_secs(5), false)
+                .await;
+            black_box(out)
+        })
+    });
+    let body = serde_json::to_vec(&fixture("pod-create.json", &refs)).unwrap();
+    rt.block_on(adm.review(&body, Mode::Mutate)).unwrap();
+    g.bench_function("cached_admission_4_images", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(adm.review(&body, Mode::Mutate).await.unwrap()) })
+    });
+    let router = router(adm.clone());
+    g.bench_function("cached_admission_via_router", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(post(&router, "/mutate", body.clone()).await) })
+    });
+    g.finish();
+}
+
+criterion_group!(all, benches);
+criterion_main!(all);
