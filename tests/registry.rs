@@ -324,18 +324,7 @@ async fn stopped_registry_leaves_images_unpinned_and_the_breaker_opens() {
 
 #[tokio::test]
 async fn hung_registry_is_answered_within_the_deadline_and_the_lookup_fills_the_cache_later() {
-    // A "registry" that accepts connections and never answers.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap().to_string();
-    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    {
-        let held = held.clone();
-        std::thread::spawn(move || {
-            for s in listener.incoming().flatten() {
-                held.lock().unwrap().push(s);
-            }
-        });
-    }
+    let (addr, held) = hung_registry();
     let mut cfg = tagpin::resolve::ResolverConfig::default();
     cfg.registry.insecure.push(addr.clone());
     cfg.lookup_timeout = Duration::from_secs(30);
@@ -453,7 +442,9 @@ async fn https_registry_with_basic_auth_uses_docker_config_credentials() {
     assert!(resp.get("patch").is_none());
     let w = warnings(&resp);
     assert!(
-        w[0].contains("(401)") && w[0].contains("left unpinned"),
+        w[0].contains(&format!(
+            "left unpinned: registry {a} refused every credential tried: the credential from "
+        )) && w[0].contains("(401); anonymous access (401)"),
         "{w:?}"
     );
     assert!(!w[0].contains("wrong"), "no secret in warnings: {w:?}");

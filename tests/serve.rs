@@ -119,7 +119,7 @@ async fn serves_https_with_a_generated_certificate_limits_bodies_and_exports_met
         200
     );
     // One structured line per admission.
-    let log = tp.log();
+    let log = tp.wait_for_log("uid=bin-1");
     let line = log
         .lines()
         .find(|l| l.contains("uid=bin-1"))
@@ -223,7 +223,7 @@ async fn certificate_reloads_on_secret_symlink_swap_and_a_bad_pair_is_ignored() 
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(tp.log().contains("TLS certificate reloaded"));
+    tp.wait_for_log("TLS certificate reloaded");
     // The open connection was not dropped.
     assert_eq!(
         kept.get(format!("https://{}/healthz", tp.https))
@@ -251,14 +251,7 @@ async fn certificate_reloads_on_secret_symlink_swap_and_a_bad_pair_is_ignored() 
 #[tokio::test]
 async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
     // A registry that never answers keeps the admission in flight for the whole deadline.
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let hung = listener.local_addr().unwrap().to_string();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for s in listener.incoming().flatten() {
-            held.push(s);
-        }
-    });
+    let (hung, _held) = hung_registry();
     let mut tp = Tagpin::spawn(&[
         "--insecure-registry",
         &hung,
@@ -296,7 +289,7 @@ async fn sigterm_finishes_in_flight_requests_then_exits_zero() {
         std::thread::sleep(Duration::from_millis(50));
     };
     assert!(status.success(), "exit status {status:?}\n{}", tp.log());
-    assert!(tp.log().contains("shutting down"));
+    tp.wait_for_log("shutting down");
 }
 
 #[tokio::test]
@@ -397,8 +390,7 @@ async fn no_credential_reaches_the_log() {
     .await;
     assert_eq!(status, 200);
     assert!(out["response"]["patch"].is_string(), "{out}");
-    let log = tp.log();
-    assert!(log.contains("\"uid\":\"secret-1\""), "{log}");
+    let log = tp.wait_for_log("\"uid\":\"secret-1\"");
     let encoded = {
         use base64::Engine as _;
         base64::engine::general_purpose::STANDARD.encode("deployer:Pa55-w0rd-never-logged")

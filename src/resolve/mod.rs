@@ -66,6 +66,11 @@ pub enum LookupError {
     },
     #[error("registry {registry} timed out after {}", humantime::format_duration(*after))]
     Deadline { registry: String, after: Duration },
+    #[error("registry {registry} refused every credential tried: {}", refusals.join("; "))]
+    AllRefused {
+        registry: String,
+        refusals: Vec<String>,
+    },
     #[error("lookup task failed: {0}")]
     Internal(String),
 }
@@ -75,6 +80,7 @@ impl LookupError {
     pub fn is_outage(&self) -> bool {
         match self {
             Self::Registry(e) => e.is_outage(),
+            Self::AllRefused { .. } => false,
             Self::BreakerOpen { .. } | Self::Deadline { .. } | Self::Internal(_) => true,
         }
     }
@@ -236,7 +242,7 @@ impl Resolver {
         image: &ImageRef,
         creds: &[Credential],
     ) -> Result<Digest, LookupError> {
-        let mut last = None;
+        let mut refusals: Vec<LookupError> = Vec::new();
         for cred in creds {
             let key = Key::new(image, cred);
             if let Some(d) = self.0.cache.get(&key).await {
@@ -254,13 +260,33 @@ impl Resolver {
                 Err(e) => {
                     let e = LookupError::clone(&e);
                     match &e {
-                        LookupError::Registry(r) if r.is_auth_refusal() => last = Some(e),
+                        LookupError::Registry(r) if r.is_auth_refusal() => refusals.push(e),
                         _ => return Err(e),
                     }
                 }
             }
         }
-        Err(last.unwrap_or_else(|| LookupError::Internal("no credential to try".into())))
+        match refusals.len() {
+            0 => Err(LookupError::Internal("no credential to try".into())),
+            1 => Err(refusals.remove(0)),
+            _ => Err(LookupError::AllRefused {
+                registry: image.registry().to_string(),
+                refusals: refusals
+                    .iter()
+                    .map(|e| match e {
+                        LookupError::Registry(RegistryError::Unauthorized {
+                            credential, ..
+                        }) => {
+                            format!("{credential} (401)")
+                        }
+                        LookupError::Registry(RegistryError::Forbidden { credential, .. }) => {
+                            format!("{credential} (403)")
+                        }
+                        other => other.to_string(),
+                    })
+                    .collect(),
+            }),
+        }
     }
 
     /// The one registry request behind a cache miss.

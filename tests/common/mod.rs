@@ -263,6 +263,21 @@ impl Drop for Registry {
     }
 }
 
+/// A "registry" that accepts connections and never answers. Returns its address and the
+/// connections it holds (kept open for the life of the process).
+pub fn hung_registry() -> (String, Arc<Mutex<Vec<std::net::TcpStream>>>) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for s in listener.incoming().flatten() {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    (addr, held)
+}
+
 pub enum Kind {
     Oci,
     Docker,
@@ -587,6 +602,19 @@ impl Tagpin {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The log once it contains `needle` (the reader thread may lag the HTTP answer).
+    pub fn wait_for_log(&self, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = self.log();
+            if log.contains(needle) {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "{needle:?} never logged:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     pub fn signal(&self, sig: &str) {
