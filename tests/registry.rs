@@ -319,6 +319,12 @@ async fn stopped_registry_leaves_images_unpinned_and_the_breaker_opens() {
             w[0].starts_with(&format!("tagpin: {image} left unpinned: {expect}")),
             "{w:?}"
         );
+        if i < 2 {
+            assert_eq!(
+                w[0],
+                format!("tagpin: {image} left unpinned: cannot connect to registry {a}: tcp connect error: Connection refused (os error 111)")
+            );
+        }
     }
 }
 

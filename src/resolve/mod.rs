@@ -370,7 +370,7 @@ impl Resolver {
         self.0.cache.invalidate_all();
     }
 
-    /// How many registries have been looked up, by outcome (for `tagpin resolve` summaries).
+    /// The metrics this resolver records into.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.0.metrics
     }

@@ -519,7 +519,15 @@ fn classify(registry: &str, e: &reqwest::Error, timeout: Duration) -> RegistryEr
         }
         cur = s.source();
     }
-    let reason = error_chain(e);
+    // reqwest's own top line repeats the URL ("error sending request for url (…)"), and
+    // hyper-util adds "client error (Connect)"; the registry is named already, keep the causes.
+    let full = error_chain(e);
+    let reason = full
+        .split(": ")
+        .filter(|p| !p.starts_with("error sending request") && !p.starts_with("client error ("))
+        .collect::<Vec<_>>()
+        .join(": ");
+    let reason = if reason.is_empty() { full } else { reason };
     // Some layers (hyper-util's connect error) hide the typed rustls error behind a boxed
     // wrapper; its rendering is distinctive enough to recognise.
     let lower = reason.to_ascii_lowercase();
