@@ -257,3 +257,45 @@ async fn token_endpoint_failure_is_reported_not_swallowed() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test]
+async fn a_lookup_that_outlives_the_deadline_finishes_and_fills_the_cache() {
+    let srv = MockServer::start().await;
+    Mock::given(method("HEAD"))
+        .respond_with(
+            ResponseTemplate::new(200)
+                .insert_header("Docker-Content-Digest", DIGEST)
+                .set_delay(Duration::from_millis(1200)),
+        )
+        .mount(&srv)
+        .await;
+    let r = resolver(&srv, |_| {});
+    let image = ImageRef::parse(&format!("{}/slow/app:1", srv.address())).unwrap();
+    let short = |r: &Resolver| {
+        let im = vec![image.clone()];
+        let r = r.clone();
+        async move {
+            r.resolve_all(&im, &[], Instant::now(), Duration::from_millis(300), false)
+                .await
+                .remove(0)
+        }
+    };
+    match short(&r).await {
+        Outcome::Failed(LookupError::Deadline { after, .. }) => {
+            assert_eq!(after, Duration::from_millis(300))
+        }
+        other => panic!("{other:?}"),
+    }
+    // The abandoned lookup keeps going and fills the cache: the next admission is a hit.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    match short(&r).await {
+        Outcome::Pinned(d) => assert_eq!(d.as_str(), DIGEST),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        manifest_heads(&srv.received_requests().await.unwrap()),
+        1,
+        "one registry request in all"
+    );
+    assert!(r.metrics().encode().contains("tagpin_cache_hits_total 1"));
+}
