@@ -31,7 +31,7 @@ async fn pins_every_pod_spec_path_to_the_pushed_digest() {
     let refs: Vec<&str> = images.iter().map(String::as_str).collect();
     let review = fixture("pod-create.json", &refs);
     let router = router(admitter(reg.resolver_config(), admission_config()));
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert_eq!(resp["allowed"], true);
     assert!(warnings(&resp).is_empty(), "{:?}", warnings(&resp));
 
@@ -71,7 +71,7 @@ async fn pins_every_pod_spec_path_to_the_pushed_digest() {
     let mut cfg = admission_config();
     cfg.keep_tag = true;
     let router = common::router(admitter(reg.resolver_config(), cfg));
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     let obj = apply(&review, &resp);
     assert_eq!(
         obj["spec"]["containers"][0]["image"],
@@ -81,10 +81,6 @@ async fn pins_every_pod_spec_path_to_the_pushed_digest() {
         obj["spec"]["volumes"][1]["image"]["reference"],
         format!("{a}/models:latest@{d_latest}")
     );
-}
-
-async fn review_call(router: &axum::Router, path: &str, review: &Value) -> Value {
-    common::review(router, path, review).await
 }
 
 #[tokio::test]
@@ -105,7 +101,7 @@ async fn digests_skip_prefixes_and_duplicates_cost_one_request() {
             &format!("{a}/skipped/x:1"),
         ],
     );
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     let obj = apply(&review, &resp);
     assert_eq!(
         obj["spec"]["containers"][0]["image"],
@@ -138,7 +134,7 @@ async fn digests_skip_prefixes_and_duplicates_cost_one_request() {
 
     // A pod whose every image is pinned already gets no patch at all.
     let review = pod_review("all-pinned", &[&pinned]);
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert!(resp.get("patch").is_none());
     assert_eq!(resp["allowed"], true);
 }
@@ -154,7 +150,7 @@ async fn ephemeral_container_update_pins_only_the_new_container() {
     // Placeholders in document order: object web, object debugger, oldObject web.
     let review = fixture("pod-ephemeral-update.json", &[&web, &dbg, &web]);
     let router = router(admitter(reg.resolver_config(), admission_config()));
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     let mut expected = review["request"]["object"].clone();
     set(
         &mut expected,
@@ -184,7 +180,7 @@ async fn moved_tag_is_seen_after_the_ttl_and_not_before() {
     };
 
     let review = pod_review("m1", &[&image]);
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert_eq!(pinned(&resp, &review), format!("{a}/app@{first}"));
     let requests_after_first = reg.manifest_requests("app", "v1");
     assert_eq!(requests_after_first, 1);
@@ -192,7 +188,7 @@ async fn moved_tag_is_seen_after_the_ttl_and_not_before() {
     let second = p.push("app", "v1", Kind::Oci).await;
     assert_ne!(first, second, "the tag moved");
     let started = Instant::now();
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert_eq!(
         pinned(&resp, &review),
         format!("{a}/app@{first}"),
@@ -209,7 +205,7 @@ async fn moved_tag_is_seen_after_the_ttl_and_not_before() {
     );
 
     tokio::time::sleep(Duration::from_millis(2300)).await;
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert_eq!(
         pinned(&resp, &review),
         format!("{a}/app@{second}"),
@@ -259,7 +255,7 @@ async fn missing_manifest_warns_on_mutate_and_denies_on_enforce() {
     let router = router(admitter(reg.resolver_config(), admission_config()));
     let missing = format!("{a}/exists:nope");
     let review = pod_review("nf", &[&format!("{a}/exists:1"), &missing]);
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert_eq!(resp["allowed"], true);
     let obj = apply(&review, &resp);
     assert_eq!(
@@ -272,7 +268,7 @@ async fn missing_manifest_warns_on_mutate_and_denies_on_enforce() {
         vec![format!("tagpin: {missing} left unpinned: manifest not found (404) in {a}: check the image name and tag")]
     );
 
-    let resp = review_call(&router, "/enforce", &review).await;
+    let resp = common::review(&router, "/enforce", &review).await;
     assert_eq!(resp["allowed"], false);
     assert!(resp.get("patch").is_none());
     assert_eq!(resp["status"]["code"], 403);
@@ -285,7 +281,7 @@ async fn missing_manifest_warns_on_mutate_and_denies_on_enforce() {
 
     // Enforce admits a pod whose images all pin, with the patch.
     let ok = pod_review("ok", &[&format!("{a}/exists:1")]);
-    let resp = review_call(&router, "/enforce", &ok).await;
+    let resp = common::review(&router, "/enforce", &ok).await;
     assert_eq!(resp["allowed"], true);
     assert_eq!(
         apply(&ok, &resp)["spec"]["containers"][0]["image"],
@@ -310,7 +306,7 @@ async fn stopped_registry_leaves_images_unpinned_and_the_breaker_opens() {
     ] {
         let image = format!("{a}/app:{i}");
         let review = pod_review(&format!("down-{i}"), &[&image]);
-        let resp = review_call(&router, "/mutate", &review).await;
+        let resp = common::review(&router, "/mutate", &review).await;
         assert_eq!(resp["allowed"], true);
         assert!(resp.get("patch").is_none());
         let w = warnings(&resp);
@@ -341,7 +337,7 @@ async fn hung_registry_is_answered_within_the_deadline_and_the_lookup_fills_the_
     let image = format!("{addr}/app:1");
     let review = pod_review("hung", &[&image]);
     let started = Instant::now();
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     let took = started.elapsed();
     eprintln!("hung registry: answered after {took:?} with a 1s deadline");
     // Not a performance assertion: without the deadline this would take the 30 s lookup timeout.
@@ -370,11 +366,11 @@ async fn stale_on_error_uses_the_last_known_digest_and_can_be_turned_off() {
     let router = router(adm);
     let image = format!("{a}/app:1");
     let review = pod_review("s1", &[&image]);
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert!(warnings(&resp).is_empty());
     reg.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert_eq!(
         apply(&review, &resp)["spec"]["containers"][0]["image"],
         format!("{a}/app@{d}")
@@ -388,7 +384,7 @@ async fn stale_on_error_uses_the_last_known_digest_and_can_be_turned_off() {
         "{w:?}"
     );
     // /enforce never admits on a stale digest.
-    let resp = review_call(&router, "/enforce", &review).await;
+    let resp = common::review(&router, "/enforce", &review).await;
     assert_eq!(resp["allowed"], false);
 
     // Turned off: unpinned with a warning.
@@ -403,10 +399,10 @@ async fn stale_on_error_uses_the_last_known_digest_and_can_be_turned_off() {
     let router = common::router(admitter(cfg, adm));
     let image = format!("{a2}/app:1");
     let review = pod_review("s2", &[&image]);
-    review_call(&router, "/mutate", &review).await;
+    common::review(&router, "/mutate", &review).await;
     reg2.stop();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert!(resp.get("patch").is_none());
     assert!(
         warnings(&resp)[0].contains("left unpinned: cannot connect"),
@@ -430,7 +426,7 @@ async fn https_registry_with_basic_auth_uses_docker_config_credentials() {
     )
     .unwrap();
     let router = router(admitter(cfg, admission_config()));
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert_eq!(
         apply(&review, &resp)["spec"]["containers"][0]["image"],
         format!("{a}/private/app@{d}")
@@ -444,7 +440,7 @@ async fn https_registry_with_basic_auth_uses_docker_config_credentials() {
     )
     .unwrap();
     let router = common::router(admitter(cfg, admission_config()));
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert!(resp.get("patch").is_none());
     let w = warnings(&resp);
     assert!(
@@ -459,7 +455,7 @@ async fn https_registry_with_basic_auth_uses_docker_config_credentials() {
     let mut cfg = reg.resolver_config();
     cfg.registry.extra_ca_pem = None;
     let router = common::router(admitter(cfg, admission_config()));
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     let w = warnings(&resp);
     assert!(
         w[0].contains("TLS with registry") && w[0].contains("--registry-ca"),
@@ -477,7 +473,7 @@ async fn dry_run_other_kinds_and_operations() {
 
     let mut review = pod_review("dry", &[&image]);
     review["request"]["dryRun"] = json!(true);
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert_eq!(
         apply(&review, &resp)["spec"]["containers"][0]["image"],
         format!("{a}/app@{d}")
@@ -485,13 +481,13 @@ async fn dry_run_other_kinds_and_operations() {
 
     let mut review = pod_review("del", &[&image]);
     review["request"]["operation"] = json!("DELETE");
-    let resp = review_call(&router, "/mutate", &review).await;
+    let resp = common::review(&router, "/mutate", &review).await;
     assert_eq!(resp["allowed"], true);
     assert!(resp.get("patch").is_none());
 
     let mut review = pod_review("cm", &[&image]);
     review["request"]["kind"] = json!({"group": "", "version": "v1", "kind": "ConfigMap"});
-    let resp = review_call(&router, "/enforce", &review).await;
+    let resp = common::review(&router, "/enforce", &review).await;
     assert_eq!(resp["allowed"], true);
     assert!(resp.get("patch").is_none());
 }

@@ -173,6 +173,15 @@ async fn served_cert(addr: &str) -> Vec<u8> {
         .to_vec()
 }
 
+async fn healthz(c: &reqwest::Client, addr: &str) -> u16 {
+    c.get(format!("https://{addr}/healthz"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
 fn der(pem: &str) -> Vec<u8> {
     use rustls_pki_types::pem::PemObject;
     rustls_pki_types::CertificateDer::from_pem_slice(pem.as_bytes())
@@ -204,14 +213,7 @@ async fn certificate_reloads_on_secret_symlink_swap_and_a_bad_pair_is_ignored() 
     assert_eq!(served_cert(&tp.https).await, der(&one.cert_pem));
     // A client that trusts the first CA keeps a pooled connection across the reload.
     let kept = client(Some(&one.ca_pem));
-    assert_eq!(
-        kept.get(format!("https://{}/healthz", tp.https))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(healthz(&kept, &tp.https).await, 200);
 
     write_secret_version(dir.path(), "2026_02", &two.cert_pem, &two.key_pem);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -225,14 +227,7 @@ async fn certificate_reloads_on_secret_symlink_swap_and_a_bad_pair_is_ignored() 
     }
     tp.wait_for_log("TLS certificate reloaded");
     // The open connection was not dropped.
-    assert_eq!(
-        kept.get(format!("https://{}/healthz", tp.https))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(healthz(&kept, &tp.https).await, 200);
 
     // A mismatched pair is logged and the current certificate kept.
     write_secret_version(dir.path(), "2026_03", &one.cert_pem, &two.key_pem);

@@ -299,14 +299,7 @@ impl Resolver {
         let inner = &self.0;
         let registry = image.registry();
         if let Err(open) = inner.breakers.admit(registry, Instant::now()) {
-            inner
-                .metrics
-                .lookups
-                .get_or_create(&LookupLabels {
-                    registry: registry.to_string(),
-                    outcome: "breaker_open",
-                })
-                .inc();
+            self.count_lookup(registry, "breaker_open");
             return Err(LookupError::BreakerOpen {
                 registry: registry.to_string(),
                 remaining: open.remaining,
@@ -336,14 +329,7 @@ impl Resolver {
             Ok(_) => "ok",
             Err(e) => e.outcome(),
         };
-        inner
-            .metrics
-            .lookups
-            .get_or_create(&LookupLabels {
-                registry: registry.to_string(),
-                outcome,
-            })
-            .inc();
+        self.count_lookup(registry, outcome);
         match &result {
             Err(e) if e.is_outage() => {
                 let retry_after = match e {
@@ -363,6 +349,17 @@ impl Resolver {
             last_good.insert(key, digest.clone()).await;
         }
         Ok(digest)
+    }
+
+    fn count_lookup(&self, registry: &str, outcome: &'static str) {
+        self.0
+            .metrics
+            .lookups
+            .get_or_create(&LookupLabels {
+                registry: registry.to_string(),
+                outcome,
+            })
+            .inc();
     }
 
     /// Drops every cached digest (tests and benchmarks measure cold paths with it).
