@@ -124,6 +124,9 @@ pub struct Plan {
     pub invalid: Vec<(ImageSite, ReferenceError)>,
     /// Why nothing is looked at, when that is the case (for the log line).
     pub ignored: Option<&'static str>,
+    /// Where the `tagpin.io/pinned` record goes (none for subresource requests, whose metadata
+    /// changes the API server drops).
+    pub record: Option<podspec::Record>,
 }
 
 /// Which images of the request need resolving. Pure.
@@ -137,22 +140,37 @@ pub fn plan(req: &AdmissionRequest, cfg: &AdmissionConfig) -> Plan {
         "UPDATE" => true,
         _ => return ignore("operation"),
     };
-    let Some(spec_at) = podspec::pod_spec_location(&req.kind.group, &req.kind.kind) else {
+    let Some(target) = podspec::target(&req.kind.group, &req.kind.kind) else {
         return ignore("kind");
     };
-    match req.sub_resource.as_deref().unwrap_or("") {
+    let subresource = req.sub_resource.as_deref().unwrap_or("");
+    match subresource {
         "" => {}
-        "ephemeralcontainers" if update => {}
+        "ephemeralcontainers" if update && target.is_pod => {}
         _ => return ignore("subresource"),
     }
     let Some(object) = &req.object else {
         return ignore("no object");
     };
-    let mut sites = podspec::find_images(object, spec_at);
-    if update {
-        sites = podspec::changed_since(sites, req.old_object.as_ref());
+    if !target.is_pod && podspec::is_controller_owned(object) {
+        return ignore("controller-owned");
     }
-    let mut p = Plan::default();
+    let all = podspec::find_images(object, target.spec_at);
+    let record = subresource
+        .is_empty()
+        .then(|| podspec::Record::new(object, &target, &all));
+    // A Pod's running containers restart when their image changes, so an UPDATE pins only new
+    // or changed images. A template is pinned whole: re-applying it must pick up a moved tag (a
+    // rollout) and give back the identical object when the tag did not move (no rollout).
+    let sites = if update && target.is_pod {
+        podspec::changed_since(all, req.old_object.as_ref())
+    } else {
+        all
+    };
+    let mut p = Plan {
+        record,
+        ..Plan::default()
+    };
     for site in sites {
         if cfg
             .skip_prefixes
@@ -204,6 +222,10 @@ pub fn decide(plan: &Plan, outcomes: &[Outcome], mode: Mode, keep_tag: bool) -> 
     }
     let left = failures.len();
     let pinned = pins.len();
+    let record_ops = match &plan.record {
+        Some(r) => r.ops(&pins.iter().map(|(s, _)| *s).collect::<Vec<_>>()),
+        None => Vec::new(),
+    };
     match mode {
         Mode::Enforce if !failures.is_empty() => Decision {
             allowed: false,
@@ -227,9 +249,11 @@ pub fn decide(plan: &Plan, outcomes: &[Outcome], mode: Mode, keep_tag: bool) -> 
                     .iter()
                     .map(|(image, why)| format!("tagpin: {image} left unpinned: {why}")),
             );
+            let mut patch = podspec::replace_ops(pins);
+            patch.extend(record_ops);
             Decision {
                 allowed: true,
-                patch: podspec::replace_ops(pins),
+                patch,
                 warnings: warnings.into_iter().map(|w| truncate(w, 512)).collect(),
                 denial: None,
                 pinned,
@@ -551,6 +575,9 @@ mod tests {
         let mut expected = obj;
         expected["spec"]["containers"][0]["image"] = json!(format!("nginx@{D}"));
         expected["spec"]["containers"][2]["image"] = json!(format!("app@{D}"));
+        // Stale pins are recorded too; images left unpinned are not.
+        expected["metadata"]["annotations"] =
+            json!({"tagpin.io/pinned": r#"{"c0":"nginx:1","c2":"app:2"}"#});
         assert_eq!(patched, expected);
         assert_eq!(
             dec.warnings[1],
@@ -618,7 +645,10 @@ mod tests {
         let ops: Value = serde_json::from_slice(&raw).unwrap();
         assert_eq!(
             ops,
-            json!([{"op": "replace", "path": "/spec/containers/0/image", "value": format!("nginx:1@{D}")}])
+            json!([
+                {"op": "replace", "path": "/spec/containers/0/image", "value": format!("nginx:1@{D}")},
+                {"op": "add", "path": "/metadata/annotations", "value": {"tagpin.io/pinned": r#"{"c0":"nginx:1"}"#}}
+            ])
         );
         let deny = Decision {
             allowed: false,
@@ -651,5 +681,101 @@ mod tests {
         let e = parse_review(br#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{"uid":"x"}}"#)
             .unwrap_err();
         assert!(e.to_string().contains("missing field"), "{e}");
+    }
+
+    fn workload_req(
+        op: &str,
+        group: &str,
+        kind: &str,
+        object: Value,
+        old: Option<Value>,
+    ) -> AdmissionRequest {
+        let mut r = req(op, None, object, old);
+        r.kind = GroupVersionKind {
+            group: group.into(),
+            version: "v1".into(),
+            kind: kind.into(),
+        };
+        r
+    }
+
+    fn deployment(images: &[&str]) -> Value {
+        json!({"metadata": {"name": "web"}, "spec": {"template": pod(images)}})
+    }
+
+    #[test]
+    fn templates_are_pinned_and_recorded_owned_ones_never() {
+        let d = Digest::parse(D).unwrap();
+        let obj = deployment(&["nginx:1"]);
+        let p = plan(
+            &workload_req("CREATE", "apps", "Deployment", obj.clone(), None),
+            &cfg(),
+        );
+        assert_eq!(images(&p), vec!["nginx:1"]);
+        let dec = decide(&p, &[Outcome::Pinned(d)], Mode::Mutate, false);
+        let mut out = obj;
+        json_patch::patch(&mut out, &dec.patch).unwrap();
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["image"],
+            format!("nginx@{D}")
+        );
+        let rec = r#"{"c0":"nginx:1"}"#;
+        assert_eq!(out["metadata"]["annotations"]["tagpin.io/pinned"], rec);
+        assert_eq!(
+            out["spec"]["template"]["metadata"]["annotations"]["tagpin.io/pinned"],
+            rec
+        );
+
+        // A ReplicaSet owned by a Deployment is left to its owner.
+        let mut rs = deployment(&["nginx:1"]);
+        rs["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "1", "controller": true}]);
+        let p = plan(
+            &workload_req("CREATE", "apps", "ReplicaSet", rs, None),
+            &cfg(),
+        );
+        assert_eq!(p.ignored, Some("controller-owned"));
+        // A Pod owned by a ReplicaSet is pinned all the same.
+        let mut pod_obj = pod(&["nginx:1"]);
+        pod_obj["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "2", "controller": true}]);
+        let p = plan(&req("CREATE", None, pod_obj, None), &cfg());
+        assert_eq!(images(&p), vec!["nginx:1"]);
+    }
+
+    #[test]
+    fn template_update_pins_every_tag_pod_update_only_changes() {
+        // The old object was pinned; a re-apply brings the tag back: it is resolved again.
+        let old = deployment(&[&format!("nginx@{D}"), "redis:7"]);
+        let new = deployment(&["nginx:1", "redis:7"]);
+        let p = plan(
+            &workload_req("UPDATE", "apps", "Deployment", new, Some(old)),
+            &cfg(),
+        );
+        assert_eq!(images(&p), vec!["nginx:1", "redis:7"]);
+        // Subresources of workloads (scale, status) are not looked at.
+        let mut r = workload_req(
+            "UPDATE",
+            "apps",
+            "Deployment",
+            deployment(&["nginx:1"]),
+            None,
+        );
+        r.sub_resource = Some("scale".into());
+        assert_eq!(plan(&r, &cfg()).ignored, Some("subresource"));
+        // The ephemeralcontainers subresource records nothing (the API server drops metadata
+        // changes made through it).
+        let old = pod(&["nginx:1"]);
+        let mut new = old.clone();
+        new["spec"]["ephemeralContainers"] = json!([{"name": "dbg", "image": "busybox:1"}]);
+        let p = plan(
+            &req("UPDATE", Some("ephemeralcontainers"), new, Some(old)),
+            &cfg(),
+        );
+        let dec = decide(
+            &p,
+            &[Outcome::Pinned(Digest::parse(D).unwrap())],
+            Mode::Mutate,
+            false,
+        );
+        assert_eq!(dec.patch.len(), 1, "{:?}", dec.patch);
     }
 }

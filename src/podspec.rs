@@ -1,8 +1,10 @@
 //! Where images live in an object, and the JSON Patch that pins them. Pure: values in, values out.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use json_patch::jsonptr::PointerBuf;
-use json_patch::{PatchOperation, ReplaceOperation};
-use serde_json::Value;
+use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
+use serde_json::{json, Value};
 
 /// One image field in an object: its JSON pointer and the string found there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -11,15 +13,75 @@ pub struct ImageSite {
     pub image: String,
     /// A short human label: `containers/web`, `initContainers/migrate`, `volumes/models`.
     pub label: String,
+    /// The site's key in the `tagpin.io/pinned` record: `web`, `init/migrate`,
+    /// `ephemeral/debug`, `volume/models`.
+    pub key: String,
+}
+
+/// Where the pod spec of one kind of object lives, and what to record where.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// JSON pointer tokens to the pod spec.
+    pub spec_at: &'static [&'static str],
+    /// JSON pointer tokens to the pod template's metadata (workloads only).
+    pub template_meta_at: Option<&'static [&'static str]>,
+    /// Pods are pinned even when a controller owns them; templates of owned objects never are.
+    pub is_pod: bool,
+}
+
+const TEMPLATE: Target = Target {
+    spec_at: &["spec", "template", "spec"],
+    template_meta_at: Some(&["spec", "template", "metadata"]),
+    is_pod: false,
+};
+
+/// What tagpin handles in an object of this API group and kind; `None` for other kinds.
+pub fn target(group: &str, kind: &str) -> Option<Target> {
+    match (group, kind) {
+        ("", "Pod") => Some(Target {
+            spec_at: &["spec"],
+            template_meta_at: None,
+            is_pod: true,
+        }),
+        ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+        | ("", "ReplicationController")
+        | ("batch", "Job") => Some(TEMPLATE),
+        ("batch", "CronJob") => Some(Target {
+            spec_at: &["spec", "jobTemplate", "spec", "template", "spec"],
+            template_meta_at: Some(&["spec", "jobTemplate", "spec", "template", "metadata"]),
+            is_pod: false,
+        }),
+        ("", "PodTemplate") => Some(Target {
+            spec_at: &["template", "spec"],
+            template_meta_at: Some(&["template", "metadata"]),
+            is_pod: false,
+        }),
+        _ => None,
+    }
 }
 
 /// The JSON pointer (as tokens) to the pod spec inside an object of this kind, or `None` when
-/// tagpin does not handle the kind. Workload kinds (templates) slot in here.
+/// tagpin does not handle the kind.
 pub fn pod_spec_location(group: &str, kind: &str) -> Option<&'static [&'static str]> {
-    match (group, kind) {
-        ("", "Pod") => Some(&["spec"]),
-        _ => None,
-    }
+    target(group, kind).map(|t| t.spec_at)
+}
+
+/// The API group of an `apiVersion` (`apps/v1` → `apps`, `v1` → ``).
+pub fn api_group(api_version: &str) -> &str {
+    api_version.rsplit_once('/').map_or("", |(g, _)| g)
+}
+
+/// True when an owner reference marks a controller (`controller: true`): a ReplicaSet made by a
+/// Deployment, a Job made by a CronJob. Their templates come from the owner; changing one makes
+/// the owner's controller fight back (k8s-digester#25).
+pub fn is_controller_owned(object: &Value) -> bool {
+    object
+        .pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+        })
 }
 
 /// Every image field in the pod spec at `spec_at` inside `object`: `containers[].image`,
@@ -42,10 +104,16 @@ pub fn find_images(object: &Value, spec_at: &[&str]) -> Vec<ImageSite> {
                 pointer.push_back(i);
                 pointer.push_back("image");
                 let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
+                let key = match list {
+                    "initContainers" => format!("init/{name}"),
+                    "ephemeralContainers" => format!("ephemeral/{name}"),
+                    _ => name.to_string(),
+                };
                 sites.push(ImageSite {
                     pointer,
                     image: image.to_string(),
                     label: format!("{list}/{name}"),
+                    key,
                 });
             }
         }
@@ -63,6 +131,7 @@ pub fn find_images(object: &Value, spec_at: &[&str]) -> Vec<ImageSite> {
                     pointer,
                     image: image.to_string(),
                     label: format!("volumes/{name}"),
+                    key: format!("volume/{name}"),
                 });
             }
         }
@@ -93,6 +162,144 @@ pub fn replace_ops<'a>(
                 path: site.pointer.clone(),
                 value: Value::String(value),
             })
+        })
+        .collect()
+}
+
+/// The annotation that records, for each pinned site, the image as originally written.
+pub const PINNED_ANNOTATION: &str = "tagpin.io/pinned";
+
+/// What one metadata object looks like, as far as adding the annotation goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum MetaState {
+    /// No `metadata` object (a template may have none): add the whole map.
+    Absent,
+    /// `metadata` without an `annotations` object: add the annotations map.
+    NoAnnotations,
+    /// `annotations` exists: add (or overwrite) one key. Holds the current value.
+    Annotations(Option<String>),
+}
+
+/// The `tagpin.io/pinned` record of one object: where it goes (the object's metadata, and the
+/// pod template's for workloads) and what it says now. Pure.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Record {
+    metas: Vec<(PointerBuf, MetaState)>,
+    /// The current record (from the template when there is one, else the object).
+    existing: BTreeMap<String, String>,
+    /// Keys of sites that already hold a digest: their existing entries stay.
+    digest_keys: BTreeSet<String>,
+}
+
+impl Record {
+    /// Reads the record state of `object`, whose image sites are `sites` (all of them, not only
+    /// those to pin now).
+    pub fn new(object: &Value, target: &Target, sites: &[ImageSite]) -> Self {
+        let mut at: Vec<&[&str]> = vec![&["metadata"]];
+        at.extend(target.template_meta_at);
+        let mut metas = Vec::new();
+        let mut existing = BTreeMap::new();
+        for tokens in at {
+            let meta = tokens
+                .iter()
+                .try_fold(object, |v, t| v.get(t))
+                .filter(|m| m.is_object());
+            let state = match meta.map(|m| m.get("annotations").filter(|a| a.is_object())) {
+                None => MetaState::Absent,
+                Some(None) => MetaState::NoAnnotations,
+                Some(Some(a)) => {
+                    let current = a.get(PINNED_ANNOTATION).and_then(Value::as_str);
+                    // The template's record wins: it is what the pods will carry.
+                    if let Some(map) = current.and_then(parse_record) {
+                        existing = map;
+                    }
+                    MetaState::Annotations(current.map(str::to_string))
+                }
+            };
+            metas.push((PointerBuf::from_tokens(tokens.iter().copied()), state));
+        }
+        let digest_keys = sites
+            .iter()
+            .filter(|s| s.image.contains('@'))
+            .map(|s| s.key.clone())
+            .collect();
+        Self {
+            metas,
+            existing,
+            digest_keys,
+        }
+    }
+
+    /// The image originally written at the site with this key, if the record has it.
+    pub fn recorded(&self, key: &str) -> Option<&str> {
+        self.existing.get(key).map(String::as_str)
+    }
+
+    /// The same record with every pointer under `prefix` (objects inside a `List`).
+    pub fn prefixed(mut self, prefix: &PointerBuf) -> Self {
+        for (p, _) in &mut self.metas {
+            *p = prefix.concat(p);
+        }
+        self
+    }
+
+    /// The operations that record `pinned` (each site with the image as written before pinning).
+    /// Entries of sites that still hold a digest are kept; entries of sites that no longer exist
+    /// or hold a tag again are dropped. No pins, no operations: an object tagpin did not change
+    /// is not touched.
+    pub fn ops(&self, pinned: &[&ImageSite]) -> Vec<PatchOperation> {
+        if pinned.is_empty() {
+            return Vec::new();
+        }
+        let mut map: BTreeMap<&str, &str> = self
+            .existing
+            .iter()
+            .filter(|(k, _)| self.digest_keys.contains(*k))
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        for s in pinned {
+            map.insert(&s.key, &s.image);
+        }
+        // A map of strings always serializes.
+        let value = serde_json::to_string(&map).unwrap_or_default();
+        let mut ops = Vec::new();
+        for (meta, state) in &self.metas {
+            let (path, v) = match state {
+                MetaState::Annotations(Some(cur)) if *cur == value => continue,
+                MetaState::Annotations(_) => {
+                    let mut p = meta.clone();
+                    p.push_back("annotations");
+                    p.push_back(PINNED_ANNOTATION);
+                    (p, Value::String(value.clone()))
+                }
+                MetaState::NoAnnotations => {
+                    let mut p = meta.clone();
+                    p.push_back("annotations");
+                    (p, json!({ PINNED_ANNOTATION: value }))
+                }
+                MetaState::Absent => (
+                    meta.clone(),
+                    json!({ "annotations": { PINNED_ANNOTATION: value } }),
+                ),
+            };
+            ops.push(PatchOperation::Add(AddOperation { path, value: v }));
+        }
+        ops
+    }
+}
+
+/// A record value: a JSON object of strings. Anything else is treated as no record.
+fn parse_record(s: &str) -> Option<BTreeMap<String, String>> {
+    serde_json::from_str(s).ok()
+}
+
+/// The same sites with every pointer under `prefix` (objects inside a `List`).
+pub fn prefix_sites(sites: Vec<ImageSite>, prefix: &PointerBuf) -> Vec<ImageSite> {
+    sites
+        .into_iter()
+        .map(|mut s| {
+            s.pointer = prefix.concat(&s.pointer);
+            s
         })
         .collect()
 }
@@ -200,5 +407,171 @@ mod tests {
         expected["spec"]["containers"][0]["image"] = json!("nginx@sha256:aa");
         expected["spec"]["volumes"][1]["image"]["reference"] = json!("m@sha256:bb");
         assert_eq!(obj, expected);
+    }
+
+    fn deployment(template_meta: Option<Value>) -> Value {
+        let mut d = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "annotations": {"team": "a"}},
+            "spec": {"template": {"spec": {
+                "initContainers": [{"name": "migrate", "image": "app:v3"}],
+                "containers": [{"name": "web", "image": "nginx:1.27"}]
+            }}}
+        });
+        if let Some(m) = template_meta {
+            d["spec"]["template"]["metadata"] = m;
+        }
+        d
+    }
+
+    fn apply_ops(mut v: Value, ops: &[PatchOperation]) -> Value {
+        json_patch::patch(&mut v, ops).unwrap();
+        v
+    }
+
+    #[test]
+    fn every_workload_kind_has_its_template_path() {
+        let cases = [
+            ("apps", "Deployment", "/spec/template/spec"),
+            ("apps", "StatefulSet", "/spec/template/spec"),
+            ("apps", "DaemonSet", "/spec/template/spec"),
+            ("apps", "ReplicaSet", "/spec/template/spec"),
+            ("", "ReplicationController", "/spec/template/spec"),
+            ("batch", "Job", "/spec/template/spec"),
+            ("batch", "CronJob", "/spec/jobTemplate/spec/template/spec"),
+            ("", "PodTemplate", "/template/spec"),
+            ("", "Pod", "/spec"),
+        ];
+        for (g, k, want) in cases {
+            let t = target(g, k).unwrap_or_else(|| panic!("{g}/{k}"));
+            let got = PointerBuf::from_tokens(t.spec_at.iter().copied());
+            assert_eq!(got.as_str(), want, "{g}/{k}");
+            assert_eq!(t.is_pod, k == "Pod");
+        }
+        assert!(target("apps", "Pod").is_none(), "group matters");
+        assert!(target("", "ConfigMap").is_none());
+        assert_eq!(api_group("apps/v1"), "apps");
+        assert_eq!(api_group("v1"), "");
+    }
+
+    #[test]
+    fn controller_owner_is_detected_only_with_controller_true() {
+        let owned = json!({"metadata": {"ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "1"},
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "2", "controller": true}
+        ]}});
+        assert!(is_controller_owned(&owned));
+        let not = json!({"metadata": {"ownerReferences": [
+            {"apiVersion": "v1", "kind": "ConfigMap", "name": "x", "uid": "1", "controller": false}
+        ]}});
+        assert!(!is_controller_owned(&not));
+        assert!(!is_controller_owned(&json!({"metadata": {}})));
+    }
+
+    #[test]
+    fn record_is_added_to_object_and_template_with_escaped_key() {
+        let t = target("apps", "Deployment").unwrap();
+        // Template metadata absent: the whole map is added; object annotations exist: one key.
+        let d = deployment(None);
+        let sites = find_images(&d, t.spec_at);
+        let rec = Record::new(&d, &t, &sites);
+        let ops = rec.ops(&sites.iter().collect::<Vec<_>>());
+        let paths: Vec<String> = ops
+            .iter()
+            .map(|o| match o {
+                PatchOperation::Add(a) => a.path.to_string(),
+                _ => panic!("{o:?}"),
+            })
+            .collect();
+        assert_eq!(
+            paths,
+            vec![
+                "/metadata/annotations/tagpin.io~1pinned",
+                "/spec/template/metadata"
+            ]
+        );
+        let out = apply_ops(d, &ops);
+        let want = r#"{"init/migrate":"app:v3","web":"nginx:1.27"}"#;
+        assert_eq!(out["metadata"]["annotations"]["tagpin.io/pinned"], want);
+        assert_eq!(out["metadata"]["annotations"]["team"], "a", "others kept");
+        assert_eq!(
+            out["spec"]["template"]["metadata"]["annotations"]["tagpin.io/pinned"],
+            want
+        );
+
+        // Template metadata without annotations: the annotations map is added.
+        let d = deployment(Some(json!({"labels": {"app": "web"}})));
+        let rec = Record::new(&d, &t, &find_images(&d, t.spec_at));
+        let sites = find_images(&d, t.spec_at);
+        let out = apply_ops(d, &rec.ops(&[&sites[0]]));
+        assert_eq!(
+            out["spec"]["template"]["metadata"],
+            json!({"labels": {"app": "web"}, "annotations": {"tagpin.io/pinned": r#"{"web":"nginx:1.27"}"#}})
+        );
+        // A Pod with no annotations at all.
+        let p = pod();
+        let t = target("", "Pod").unwrap();
+        let sites = find_images(&p, t.spec_at);
+        let out = apply_ops(p.clone(), &Record::new(&p, &t, &sites).ops(&[&sites[0]]));
+        assert_eq!(
+            out["metadata"],
+            json!({"name": "p", "annotations": {"tagpin.io/pinned": r#"{"web":"nginx:1.27"}"#}})
+        );
+        // Nothing pinned, nothing recorded.
+        assert!(Record::new(&p, &t, &sites).ops(&[]).is_empty());
+    }
+
+    #[test]
+    fn record_keeps_entries_of_digests_and_drops_stale_ones() {
+        let t = target("apps", "Deployment").unwrap();
+        let old_record = r#"{"gone":"x:1","init/migrate":"app:v2","web":"nginx:1.26"}"#;
+        let mut d = deployment(Some(
+            json!({"annotations": {"tagpin.io/pinned": old_record}}),
+        ));
+        // migrate holds a digest (pinned before), web a new tag, "gone" no longer exists.
+        d["spec"]["template"]["spec"]["initContainers"][0]["image"] = json!("app@sha256:aa");
+        let sites = find_images(&d, t.spec_at);
+        let rec = Record::new(&d, &t, &sites);
+        assert_eq!(rec.recorded("init/migrate"), Some("app:v2"));
+        let web: Vec<&ImageSite> = sites.iter().filter(|s| s.key == "web").collect();
+        let out = apply_ops(d, &rec.ops(&web));
+        let want = r#"{"init/migrate":"app:v2","web":"nginx:1.27"}"#;
+        assert_eq!(
+            out["spec"]["template"]["metadata"]["annotations"]["tagpin.io/pinned"],
+            want
+        );
+        assert_eq!(out["metadata"]["annotations"]["tagpin.io/pinned"], want);
+
+        // Already recorded exactly so: no operation (an unmoved re-apply changes nothing).
+        let same = json!({"annotations": {"tagpin.io/pinned": r#"{"web":"nginx:1.27"}"#}});
+        let mut d = deployment(Some(same.clone()));
+        d["metadata"] = json!({"name": "web", "annotations": same["annotations"].clone()});
+        d["spec"]["template"]["spec"]
+            .as_object_mut()
+            .unwrap()
+            .remove("initContainers");
+        let sites = find_images(&d, t.spec_at);
+        assert!(Record::new(&d, &t, &sites)
+            .ops(&sites.iter().collect::<Vec<_>>())
+            .is_empty());
+    }
+
+    #[test]
+    fn prefixed_pointers_reach_into_lists() {
+        let list = json!({"kind": "List", "items": [{"metadata": {}, "spec": {"containers": [{"name": "a", "image": "x:1"}]}}]});
+        let item = &list["items"][0];
+        let t = target("", "Pod").unwrap();
+        let prefix = PointerBuf::parse("/items/0").unwrap();
+        let sites = prefix_sites(find_images(item, t.spec_at), &prefix);
+        assert_eq!(
+            sites[0].pointer.as_str(),
+            "/items/0/spec/containers/0/image"
+        );
+        let rec = Record::new(item, &t, &sites).prefixed(&prefix);
+        let out = apply_ops(list, &rec.ops(&[&sites[0]]));
+        assert_eq!(
+            out["items"][0]["metadata"]["annotations"]["tagpin.io/pinned"],
+            r#"{"a":"x:1"}"#
+        );
     }
 }
