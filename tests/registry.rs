@@ -1,6 +1,7 @@
 //! Admission end to end against a real registry (Debian's `docker-registry`), through the axum
 //! router (no socket, no TLS on our side). Every patch is applied to the original object and the
-//! result compared: only image fields change, each to the digest of the bytes we pushed.
+//! result compared: only image fields change, each to the digest of the bytes we pushed, plus the
+//! `tagpin.io/pinned` record.
 
 mod common;
 
@@ -56,11 +57,23 @@ async fn pins_every_pod_spec_path_to_the_pushed_digest() {
         "/spec/volumes/1/image/reference",
         &format!("{a}/models@{d_latest}"),
     );
+    // The record: site key → image as written, keys sorted, compact JSON.
+    let record = std::collections::BTreeMap::from([
+        ("init/migrate", format!("{a}/legacy/app:2.0")),
+        ("web", format!("{a}/team/app/web:v1.2.3-rc_1")),
+        ("sidecar", format!("{a}/multi:1")),
+        ("volume/models", format!("{a}/models")),
+    ]);
+    expected["metadata"]["annotations"] =
+        json!({"tagpin.io/pinned": serde_json::to_string(&record).unwrap()});
     assert_eq!(apply(&review, &resp), expected);
-    // The patch is exactly one replace per image.
+    // The patch is exactly one replace per image, then the record.
     let ops = serde_json::to_value(patch_of(&resp).unwrap()).unwrap();
-    assert_eq!(ops.as_array().unwrap().len(), 4);
-    assert!(ops.as_array().unwrap().iter().all(|o| o["op"] == "replace"));
+    let ops = ops.as_array().unwrap();
+    assert_eq!(ops.len(), 5);
+    assert!(ops[..4].iter().all(|o| o["op"] == "replace"));
+    assert_eq!(ops[4]["op"], "add");
+    assert_eq!(ops[4]["path"], "/metadata/annotations");
 
     // The multi-platform tag resolves to the index, not a platform manifest.
     let amd64 = reg.log_text().contains("multi/manifests/1-amd64");
