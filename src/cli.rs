@@ -30,6 +30,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Resolve images to pinned references: prints "<input> <pinned>" per image; exit 1 if any fails.
     Resolve(ResolveArgs),
+    /// Pin every image in Kubernetes YAML (Pods, workload templates, List items).
+    ///
+    /// Exit 0: all pinned (or, with --check, all pinned and current). Exit 1: some image left
+    /// unpinned, or --check found one unpinned or moved. Exit 2: unreadable input (nothing written).
+    Pin(PinArgs),
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -143,6 +148,49 @@ pub struct ResolveArgs {
     /// Images to resolve.
     #[arg(required = true, value_name = "IMAGE")]
     pub images: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+pub struct PinArgs {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    /// Write the result to this file instead of stdout.
+    #[arg(short = 'o', long = "output", value_name = "OUT", conflicts_with_all = ["in_place", "check"])]
+    pub output: Option<PathBuf>,
+    /// Rewrite each input file that changes, in place.
+    #[arg(long, conflicts_with = "check")]
+    pub in_place: bool,
+    /// Change nothing; exit 1 listing every image not pinned, or pinned to a digest its
+    /// recorded tag (tagpin.io/pinned, or repo:tag@digest) no longer points to.
+    #[arg(long)]
+    pub check: bool,
+    /// YAML files, directories (searched recursively for *.yaml and *.yml), or - for stdin.
+    /// None: stdin.
+    #[arg(value_name = "FILE|DIR|-")]
+    pub inputs: Vec<PathBuf>,
+}
+
+impl PinArgs {
+    pub fn options(&self) -> crate::pin::Options {
+        crate::pin::Options {
+            mode: if self.check {
+                crate::pin::Mode::Check
+            } else {
+                crate::pin::Mode::Pin
+            },
+            keep_tag: self.registry.keep_tag,
+            skip_prefixes: self.registry.skip_prefix.clone(),
+            lookup_timeout: self.registry.lookup_timeout,
+        }
+    }
+
+    pub fn output(&self) -> crate::pin::Output {
+        match (&self.output, self.in_place) {
+            (_, true) => crate::pin::Output::InPlace,
+            (Some(p), _) => crate::pin::Output::File(p.clone()),
+            (None, false) => crate::pin::Output::Stdout,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]

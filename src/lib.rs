@@ -7,6 +7,7 @@
 pub mod admission;
 pub mod cli;
 pub mod metrics;
+pub mod pin;
 pub mod podspec;
 pub mod reference;
 pub mod resolve;

@@ -7,7 +7,7 @@ use std::time::Instant;
 use anyhow::Context as _;
 use clap::Parser as _;
 use tagpin::admission::{AdmissionConfig, Admitter};
-use tagpin::cli::{Cli, Command, LogFormat, RegistryArgs, ResolveArgs};
+use tagpin::cli::{Cli, Command, LogFormat, PinArgs, RegistryArgs, ResolveArgs};
 use tagpin::metrics::Metrics;
 use tagpin::reference::{ImageRef, ReferenceError};
 use tagpin::resolve::{dedupe, Outcome, Resolver};
@@ -26,6 +26,7 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Resolve(args) => resolve(args).await,
+            Command::Pin(args) => pin(args).await,
         }
     });
     match result {
@@ -157,4 +158,24 @@ async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+async fn pin(args: PinArgs) -> anyhow::Result<ExitCode> {
+    init_logging(&args.registry);
+    let sources = match tagpin::pin::read_inputs(&args.inputs) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("tagpin: {e}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let (admitter, _) = build(&args.registry)?;
+    match tagpin::pin::run(sources, &admitter.resolver, &args.options(), &args.output()).await {
+        Ok(report) if report.problems == 0 => Ok(ExitCode::SUCCESS),
+        Ok(_) => Ok(ExitCode::FAILURE),
+        Err(e) => {
+            eprintln!("tagpin: {e}");
+            Ok(ExitCode::from(2))
+        }
+    }
 }
