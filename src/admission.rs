@@ -127,6 +127,10 @@ pub struct Plan {
     /// Where the `tagpin.io/pinned` record goes (none for subresource requests, whose metadata
     /// changes the API server drops).
     pub record: Option<podspec::Record>,
+    /// For template UPDATEs, per target: the digest the old object held for this very image (by
+    /// its record). Used when the registry is out, so a re-apply during an outage changes nothing
+    /// instead of rolling the template back to a tag.
+    pub previous: Vec<Option<String>>,
 }
 
 /// Which images of the request need resolving. Pure.
@@ -167,6 +171,18 @@ pub fn plan(req: &AdmissionRequest, cfg: &AdmissionConfig) -> Plan {
     } else {
         all
     };
+    let old_record = match (&req.old_object, update && !target.is_pod) {
+        (Some(old), true) => Some((old, podspec::Record::new(old, &target, &[]))),
+        _ => None,
+    };
+    let previous_of = |site: &ImageSite| -> Option<String> {
+        let (old, rec) = old_record.as_ref()?;
+        let before = old.pointer(site.pointer.as_str())?.as_str()?;
+        let (repo, _) = before.split_once('@')?;
+        let written = rec.recorded(&site.key)?;
+        (written == site.image && ImageRef::parse(written).ok()?.written_repository() == repo)
+            .then(|| before.to_string())
+    };
     let mut p = Plan {
         record,
         ..Plan::default()
@@ -180,7 +196,10 @@ pub fn plan(req: &AdmissionRequest, cfg: &AdmissionConfig) -> Plan {
             continue;
         }
         match ImageRef::parse(&site.image) {
-            Ok(r) => p.targets.push((site, r)),
+            Ok(r) => {
+                p.previous.push(previous_of(&site));
+                p.targets.push((site, r));
+            }
             Err(ReferenceError::HasDigest { .. }) => {}
             Err(e) => p.invalid.push((site, e)),
         }
@@ -205,7 +224,8 @@ pub fn decide(plan: &Plan, outcomes: &[Outcome], mode: Mode, keep_tag: bool) -> 
     let mut pins: Vec<(&ImageSite, String)> = Vec::new();
     let mut warnings = Vec::new();
     let mut failures = Vec::new();
-    for ((site, image), outcome) in plan.targets.iter().zip(outcomes) {
+    for (i, ((site, image), outcome)) in plan.targets.iter().zip(outcomes).enumerate() {
+        let previous = plan.previous.get(i).and_then(Option::as_ref);
         match outcome {
             Outcome::Pinned(d) => pins.push((site, image.pinned(d, keep_tag))),
             Outcome::Stale { digest, error } => {
@@ -214,7 +234,15 @@ pub fn decide(plan: &Plan, outcomes: &[Outcome], mode: Mode, keep_tag: bool) -> 
                     "tagpin: {image} pinned to its last known digest {digest}: {error}"
                 ));
             }
-            Outcome::Failed(e) => failures.push((image.to_string(), e.to_string())),
+            Outcome::Failed(e) => match previous {
+                Some(before) if mode == Mode::Mutate && e.is_outage() => {
+                    pins.push((site, before.clone()));
+                    warnings.push(format!(
+                        "tagpin: {image} kept the digest it had ({before}): {e}"
+                    ));
+                }
+                _ => failures.push((image.to_string(), e.to_string())),
+            },
         }
     }
     for (site, e) in &plan.invalid {
@@ -777,5 +805,76 @@ mod tests {
             false,
         );
         assert_eq!(dec.patch.len(), 1, "{:?}", dec.patch);
+    }
+
+    #[test]
+    fn template_update_during_an_outage_keeps_the_digest_the_old_object_had() {
+        let rec = r#"{"c0":"nginx:1","c1":"redis:7"}"#;
+        let mut old = deployment(&[&format!("nginx@{D}"), &format!("redis@{D}")]);
+        old["spec"]["template"]["metadata"]["annotations"] = json!({"tagpin.io/pinned": rec});
+        old["metadata"]["annotations"] = json!({"tagpin.io/pinned": rec});
+        // Re-applied from Git: tags again; redis now names another tag than was recorded.
+        let mut new = old.clone();
+        new["spec"]["template"]["spec"]["containers"][0]["image"] = json!("nginx:1");
+        new["spec"]["template"]["spec"]["containers"][1]["image"] = json!("redis:8");
+        let p = plan(
+            &workload_req(
+                "UPDATE",
+                "apps",
+                "Deployment",
+                new.clone(),
+                Some(old.clone()),
+            ),
+            &cfg(),
+        );
+        assert_eq!(p.previous, vec![Some(format!("nginx@{D}")), None]);
+        let outage = LookupError::Deadline {
+            registry: "index.docker.io".into(),
+            after: Duration::from_secs(5),
+        };
+        let dec = decide(
+            &p,
+            &[
+                Outcome::Failed(outage.clone()),
+                Outcome::Failed(outage.clone()),
+            ],
+            Mode::Mutate,
+            false,
+        );
+        let mut out = new.clone();
+        json_patch::patch(&mut out, &dec.patch).unwrap();
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["image"],
+            format!("nginx@{D}"),
+            "kept, so the template does not fall back to a tag"
+        );
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][1]["image"],
+            "redis:8"
+        );
+        assert_eq!(
+            dec.warnings[0],
+            format!("tagpin: nginx:1 kept the digest it had (nginx@{D}): registry index.docker.io timed out after 5s")
+        );
+        // An answer about the image (every credential refused) is not an outage: left as written.
+        let refused = LookupError::AllRefused {
+            registry: "index.docker.io".into(),
+            refusals: vec![],
+        };
+        let dec = decide(
+            &p,
+            &[Outcome::Failed(refused), Outcome::Failed(outage.clone())],
+            Mode::Mutate,
+            false,
+        );
+        assert_eq!(dec.left, 2);
+        // /enforce never admits on a digest it could not confirm.
+        let dec = decide(
+            &p,
+            &[Outcome::Failed(outage.clone()), Outcome::Failed(outage)],
+            Mode::Enforce,
+            false,
+        );
+        assert!(!dec.allowed);
     }
 }

@@ -238,3 +238,44 @@ async fn reapply_with_unmoved_tag_is_identical_and_with_moved_tag_rolls_out() {
     assert!(resp.get("patch").is_none(), "{resp}");
     assert_eq!(reg.manifest_requests("web", "1.27"), before);
 }
+
+/// A re-apply while the registry is down, handled by a tagpin that has never resolved the image
+/// (a restarted replica: no cache, no last known digest): the old object's record shows the
+/// digest came from this very tag, so it is kept and nothing rolls out.
+#[tokio::test]
+async fn reapply_during_an_outage_keeps_the_pinned_template() {
+    let mut reg = Registry::plain();
+    let a = reg.addr.clone();
+    let p = reg.pusher();
+    p.push("app", "v3", Kind::Oci).await;
+    p.push("web", "1.27", Kind::Oci).await;
+    let migrate = format!("{a}/app:v3");
+    let web = format!("{a}/web:1.27");
+    let create = fixture("deployment-create.json", &[&migrate, &web]);
+    let first = router(admitter(reg.resolver_config(), admission_config()));
+    let stored = apply(&create, &common::review(&first, "/mutate", &create).await);
+
+    reg.stop();
+    let restarted = router(admitter(reg.resolver_config(), admission_config()));
+    let mut update = create.clone();
+    update["request"]["operation"] = json!("UPDATE");
+    update["request"]["oldObject"] = stored.clone();
+    let resp = common::review(&restarted, "/mutate", &update).await;
+    assert_eq!(
+        apply(&update, &resp),
+        stored,
+        "template unchanged: no rollout"
+    );
+    let w = warnings(&resp);
+    assert_eq!(w.len(), 2, "{w:?}");
+    assert!(
+        w.iter().any(|w| w.starts_with(&format!(
+            "tagpin: {web} kept the digest it had ({a}/web@sha256:"
+        ))),
+        "{w:?}"
+    );
+    // Without an old object to go by (a CREATE), the same outage leaves the tags, loudly.
+    let resp = common::review(&restarted, "/mutate", &create).await;
+    assert!(resp.get("patch").is_none());
+    assert!(warnings(&resp).iter().all(|w| w.contains("left unpinned")));
+}
