@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 use tagpin::admission::Mode;
+use tagpin::pin;
 use tagpin::reference::ImageRef;
 
 fn benches(c: &mut Criterion) {
@@ -76,6 +77,52 @@ fn benches(c: &mut Criterion) {
     g.bench_function("cached_admission_via_router", |b| {
         b.to_async(&rt)
             .iter(|| async { black_box(post(&router, "/mutate", body.clone()).await) })
+    });
+    // A Deployment: template paths, the record on object and template.
+    let deploy = serde_json::to_vec(&fixture("deployment-create.json", &refs[..2])).unwrap();
+    rt.block_on(adm.review(&deploy, Mode::Mutate)).unwrap();
+    g.bench_function("cached_admission_deployment_2_images", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(adm.review(&deploy, Mode::Mutate).await.unwrap()) })
+    });
+
+    // `tagpin pin` without the lookups: parse 200 documents, plan, edit line by line, re-parse
+    // each edited document to verify it.
+    let mut text = String::new();
+    for n in 0..200 {
+        let image = &images[n % images.len()];
+        text.push_str(&format!(
+            "---\n# service {n}\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d{n}\nspec:\n  template:\n    metadata:\n      labels: {{app: d{n}}}\n    spec:\n      containers:\n      - name: c\n        image: {image} # tracked\n"
+        ));
+    }
+    let distinct: Vec<ImageRef> = images.iter().map(|i| ImageRef::parse(i).unwrap()).collect();
+    let outcomes = rt.block_on(adm.resolver.resolve_all(
+        &distinct,
+        &[],
+        Instant::now(),
+        Duration::from_secs(5),
+        false,
+    ));
+    let results: std::collections::HashMap<String, _> =
+        images.iter().cloned().zip(outcomes).collect();
+    let opts = pin::Options {
+        mode: pin::Mode::Pin,
+        keep_tag: false,
+        skip_prefixes: vec![],
+        lookup_timeout: Duration::from_secs(5),
+    };
+    let source = pin::Source {
+        name: "bench.yaml".into(),
+        path: None,
+        text,
+    };
+    g.bench_function("pin_render_200_documents", |b| {
+        b.iter(|| {
+            let plan = pin::plan_file(source.clone()).unwrap();
+            let r = pin::render(&plan, &opts, &results);
+            assert_eq!((r.pinned, r.notes.len()), (200, 0));
+            black_box(r.text.len())
+        })
     });
     g.finish();
 }

@@ -298,15 +298,18 @@ pub struct Report {
 }
 
 /// One file's result: its new text and what happened.
-struct Rendered {
-    text: String,
-    pinned: usize,
-    problems: Vec<String>,
-    notes: Vec<String>,
+#[derive(Debug)]
+pub struct Rendered {
+    pub text: String,
+    pub pinned: usize,
+    /// One line per image left unpinned (pin) or not pinned / moved (check).
+    pub problems: Vec<String>,
+    /// One line per document that had to be re-serialized.
+    pub notes: Vec<String>,
 }
 
-/// Applies resolved digests to one file. Pure.
-fn render(plan: &FilePlan, opts: &Options, results: &HashMap<String, Outcome>) -> Rendered {
+/// Applies resolved digests (keyed by the image as written) to one file. Pure.
+pub fn render(plan: &FilePlan, opts: &Options, results: &HashMap<String, Outcome>) -> Rendered {
     let mut problems = Vec::new();
     let mut notes = Vec::new();
     // Per document: the sites pinned, with their new value.
