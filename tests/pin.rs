@@ -367,6 +367,28 @@ async fn in_place_output_file_and_check_exit_codes() {
         "{web}"
     );
 
+    // A symlinked file is rewritten through the link: the link stays a link.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("linked.yaml");
+    std::fs::write(
+        &target,
+        format!("kind: Pod\napiVersion: v1\nmetadata:\n  name: l\nspec:\n  containers:\n  - name: a\n    image: {a}/redis:7\n"),
+    )
+    .unwrap();
+    let link = elsewhere.path().join("link.yaml");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let out = tagpin(&reg, &["--in-place", link.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(std::fs::symlink_metadata(&link)
+        .unwrap()
+        .file_type()
+        .is_symlink());
+    let linked = std::fs::read_to_string(&target).unwrap();
+    assert!(
+        linked.contains(&format!("image: {a}/redis@{}", d.redis)),
+        "{linked}"
+    );
+
     // --check on the pinned tree: exit 0. Running pin again changes nothing.
     let out = tagpin(&reg, &["--check", root]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));

@@ -388,7 +388,17 @@ pub fn render(plan: &FilePlan, opts: &Options, results: &HashMap<String, Outcome
                     .filter(|l| l.starts_with("---"))
                     .map(|l| format!("{l}\n"))
                     .unwrap_or_default();
-                push_serialized(&mut out, &expected, &lead);
+                if doc.chunk.trim_start().starts_with('{') {
+                    // A JSON document stays JSON.
+                    out.push_str(&lead);
+                    out.push_str(
+                        &serde_json::to_string_pretty(&expected)
+                            .unwrap_or_else(|_| expected.to_string()),
+                    );
+                    out.push('\n');
+                } else {
+                    push_serialized(&mut out, &expected, &lead);
+                }
             }
         }
     }
@@ -738,12 +748,19 @@ pub async fn run(
     Ok(report)
 }
 
-/// Writes via a temporary file in the same directory and a rename, keeping the permissions.
+/// Writes via a temporary file in the same directory and a rename, keeping the permissions. A
+/// symlink is followed: its target is rewritten, the link stays.
 fn write_atomically(path: &Path, text: &str) -> Result<(), PinError> {
     let err = |source| PinError::Write {
         path: path.display().to_string(),
         source,
     };
+    let resolved = match std::fs::canonicalize(path) {
+        Ok(p) => p,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => path.to_path_buf(),
+        Err(e) => return Err(err(e)),
+    };
+    let path = resolved.as_path();
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
@@ -869,6 +886,19 @@ mod tests {
         assert_eq!(
             e,
             "deploy/app.yaml:5:7: document 3 is not valid YAML: unclosed bracket '['"
+        );
+    }
+
+    #[test]
+    fn a_json_document_stays_json() {
+        let json_doc = "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \"Pod\",\n  \"metadata\": {\"name\": \"p\"},\n  \"spec\": {\"containers\": [{\"name\": \"a\", \"image\": \"redis:7\"}]}\n}\n";
+        let plan = plan_file(source(json_doc)).unwrap();
+        let r = render(&plan, &opts(Mode::Pin), &results(&[("redis:7", D1)]));
+        let v: Value = serde_json::from_str(&r.text).unwrap();
+        assert_eq!(v["spec"]["containers"][0]["image"], format!("redis@{D1}"));
+        assert_eq!(
+            v["metadata"]["annotations"]["tagpin.io/pinned"],
+            r#"{"a":"redis:7"}"#
         );
     }
 }
