@@ -64,9 +64,13 @@ fn init_logging(args: &RegistryArgs) {
     }
 }
 
-fn build(args: &RegistryArgs) -> anyhow::Result<(Admitter, Arc<Metrics>)> {
+fn build(
+    args: &RegistryArgs,
+    cluster: Option<tagpin::cluster::Cluster>,
+) -> anyhow::Result<(Admitter, Arc<Metrics>)> {
     let metrics = Arc::new(Metrics::new());
-    let rc = args.resolver_config()?;
+    let mut rc = args.resolver_config()?;
+    rc.cluster = cluster;
     let resolver =
         Resolver::new(rc, metrics.clone()).context("cannot set up the registry client")?;
     let config: AdmissionConfig = args.admission_config();
@@ -82,7 +86,13 @@ fn build(args: &RegistryArgs) -> anyhow::Result<(Admitter, Arc<Metrics>)> {
 
 async fn serve(args: tagpin::cli::ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.registry);
-    let (admitter, metrics) = build(&args.registry)?;
+    let cluster = tagpin::cluster::Cluster::for_serve(
+        args.registry.no_kube,
+        args.kubeconfig.as_deref(),
+        args.cluster_options(),
+    )
+    .await?;
+    let (admitter, metrics) = build(&args.registry, cluster)?;
     tagpin::server::serve(args.serve_config(), admitter, metrics, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -106,7 +116,7 @@ async fn shutdown_signal() {
 
 async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.registry);
-    let (admitter, _) = build(&args.registry)?;
+    let (admitter, _) = build(&args.registry, None)?;
     let cfg = &admitter.config;
     let mut lines: Vec<Result<String, String>> = Vec::with_capacity(args.images.len());
     let mut targets = Vec::new();
@@ -130,9 +140,27 @@ async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
     }
     let refs: Vec<ImageRef> = targets.iter().map(|(_, r)| r.clone()).collect();
     let (distinct, index) = dedupe(&refs);
+    let started = Instant::now();
+    let gathered = admitter
+        .resolver
+        .gather_credentials(
+            &Default::default(),
+            &distinct,
+            started + cfg.resolve_timeout,
+        )
+        .await;
+    for w in &gathered.warnings {
+        eprintln!("{w}");
+    }
     let outcomes = admitter
         .resolver
-        .resolve_all(&distinct, &[], Instant::now(), cfg.resolve_timeout, false)
+        .resolve_all(
+            &distinct,
+            &gathered.sets,
+            started,
+            cfg.resolve_timeout,
+            false,
+        )
         .await;
     for ((line, image), &i) in targets.iter().zip(&index) {
         lines[*line] = match &outcomes[i] {
