@@ -385,13 +385,18 @@ impl Resolver {
         image: &ImageRef,
         creds: &[Credential],
     ) -> Result<Digest, LookupError> {
-        let mut refusals: Vec<LookupError> = Vec::new();
+        // A digest any of this request's own credentials already obtained answers it, before
+        // a refused credential earlier in the list is tried again (a stale pull secret listed
+        // first would otherwise cost a registry round trip on every admission).
         for cred in creds {
-            let key = Key::new(image, cred);
-            if let Some(d) = self.0.cache.get(&key).await {
+            if let Some(d) = self.0.cache.get(&Key::new(image, cred)).await {
                 self.0.metrics.cache_hits.inc();
                 return Ok(d);
             }
+        }
+        let mut refusals: Vec<LookupError> = Vec::new();
+        for cred in creds {
+            let key = Key::new(image, cred);
             self.0.metrics.cache_misses.inc();
             let loaded = self
                 .0
