@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
+pub mod plugin;
 pub mod token;
 
 use std::io::{BufRead, BufReader};
