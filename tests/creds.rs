@@ -405,3 +405,37 @@ async fn a_burst_of_50_from_one_deployment_costs_one_read_per_object() {
     assert_eq!(registry_requests, 2);
     assert_eq!(token_requests, 1);
 }
+
+#[tokio::test]
+async fn a_hung_api_read_is_bounded_by_the_kube_timeout_and_the_rest_resolves() {
+    let reg = Registry::tls_basic("deployer", "hang-pa55");
+    let a = &reg.addr;
+    let d = reg.pusher().push("private/app", "1", Kind::Oci).await;
+    let kube = FakeKube::start();
+    kube.hang(&secret_path("team-a", "slow"));
+    kube.put_pull_secret("team-a", "regcred", a, "deployer", "hang-pa55");
+    let mut cfg = reg.resolver_config();
+    let opts = ClusterOptions {
+        timeout: Duration::from_millis(300),
+        ..ClusterOptions::default()
+    };
+    cfg.cluster = Some(
+        Cluster::from_kubeconfig(&kube.kubeconfig(), opts)
+            .await
+            .unwrap(),
+    );
+    let router = router(admitter(cfg, admission_config()));
+    let image = format!("{a}/private/app:1");
+    let review = pod_with_secrets("hang-1", "team-a", &[&image], &["slow", "regcred"]);
+    let resp = common::review(&router, "/mutate", &review).await;
+    assert_eq!(pinned_image(&review, &resp), format!("{a}/private/app@{d}"));
+    assert_eq!(
+        warnings(&resp),
+        vec!["tagpin: reading pull secret team-a/slow failed: timed out after 300ms; resolving without it"]
+    );
+    // A timeout is not cached: the next admission asks again.
+    let review = pod_with_secrets("hang-2", "team-a", &[&image], &["slow", "regcred"]);
+    common::review(&router, "/mutate", &review).await;
+    assert_eq!(kube.reads(&secret_path("team-a", "slow")), 2);
+    assert_eq!(kube.reads(&secret_path("team-a", "regcred")), 1);
+}

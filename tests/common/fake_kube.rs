@@ -40,6 +40,8 @@ pub fn serve_in_thread(app: axum::Router) -> String {
 struct Objects {
     by_path: HashMap<String, Value>,
     forbidden: HashSet<String>,
+    /// Paths that are never answered (a hung API server).
+    hung: HashSet<String>,
     reads: HashMap<String, usize>,
 }
 
@@ -162,6 +164,11 @@ impl FakeKube {
             .insert(path.to_string());
     }
 
+    /// Never answers this path (the connection stays open).
+    pub fn hang(&self, path: &str) {
+        self.objects.lock().unwrap().hung.insert(path.to_string());
+    }
+
     /// Requests served for `path`.
     pub fn reads(&self, path: &str) -> usize {
         self.objects
@@ -190,8 +197,15 @@ fn status(code: u16, reason: &str, message: String, name: &str, kind: &str) -> R
 
 async fn get(State(objects): State<Arc<Mutex<Objects>>>, uri: Uri) -> Response {
     let path = uri.path().to_string();
-    let mut o = objects.lock().unwrap();
-    *o.reads.entry(path.clone()).or_default() += 1;
+    let hung = {
+        let mut o = objects.lock().unwrap();
+        *o.reads.entry(path.clone()).or_default() += 1;
+        o.hung.contains(&path)
+    };
+    if hung {
+        std::future::pending::<()>().await;
+    }
+    let o = objects.lock().unwrap();
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let (ns, kind, name) = match parts.as_slice() {
         ["api", "v1", "namespaces", ns, kind @ ("secrets" | "serviceaccounts"), name] => {
