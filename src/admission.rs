@@ -400,7 +400,10 @@ impl Admitter {
             index.iter().map(|&i| resolved[i].clone()).collect()
         };
         let mut decision = decide(&plan, &outcomes, mode, self.config.keep_tag);
-        decision.warnings.splice(0..0, credential_warnings);
+        decision.warnings.splice(
+            0..0,
+            credential_warnings.into_iter().map(|w| truncate(w, 512)),
+        );
         let outcome = match (
             &plan.ignored,
             decision.allowed,

@@ -141,9 +141,10 @@ impl std::fmt::Debug for Cluster {
 impl Cluster {
     /// A client from a kubeconfig file (its current context).
     pub async fn from_kubeconfig(path: &Path, opts: ClusterOptions) -> Result<Self, ClusterError> {
+        // Only the first line: parse errors go on to quote the file, which holds credentials.
         let bad = |reason: String| ClusterError::Kubeconfig {
             path: path.to_path_buf(),
-            reason,
+            reason: reason.lines().next().unwrap_or("").to_string(),
         };
         let kc = kube::config::Kubeconfig::read_from(path).map_err(|e| bad(e.to_string()))?;
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())

@@ -423,3 +423,35 @@ async fn no_credential_reaches_the_log() {
         assert!(!out.to_string().contains(secret), "{out}");
     }
 }
+
+#[test]
+fn an_unusable_kubeconfig_stops_serve_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        "apiVersion: v1\nkind: Config\nusers: [{name: x, user: {token: kube-t0ken-never-shown}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tagpin"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "tagpin: cannot use --kubeconfig {}: ",
+            kc.display()
+        )),
+        "{err}"
+    );
+}

@@ -120,7 +120,9 @@ pub fn parse_config(text: &str, origin: &Path) -> Result<Vec<ProviderSpec>, Prov
         path: origin.to_path_buf(),
         reason,
     };
-    let file: ConfigFile = serde_saphyr::from_str(text).map_err(|e| bad(e.to_string()))?;
+    // Only the first line of a YAML error: the rest quotes the file, whose `env` may hold secrets.
+    let file: ConfigFile = serde_saphyr::from_str(text)
+        .map_err(|e| bad(e.to_string().lines().next().unwrap_or("").to_string()))?;
     if !matches!(
         file.api_version.as_str(),
         "kubelet.config.k8s.io/v1"
