@@ -254,3 +254,55 @@ async fn a_burst_of_50_admissions_runs_the_plugin_once() {
     assert_eq!(runs, 1);
     assert_eq!(lookups, 2);
 }
+
+/// Every source refused: the warning lists what was tried, in the kubelet's order — pull
+/// secret, plugin, docker config, anonymous.
+#[tokio::test]
+async fn sources_are_tried_in_the_kubelets_order() {
+    let reg = Registry::tls_basic(USER, PASSWORD);
+    let a = reg.addr.clone();
+    reg.pusher().push("private/app", "1", Kind::Oci).await;
+    let kube = common::fake_kube::FakeKube::start();
+    kube.put_pull_secret("team-a", "regcred", &a, USER, "wrong-1");
+    let plugins = Plugins::new();
+    let config = plugins.config(&[Provider {
+        name: "order",
+        match_images: vec![a.clone()],
+        mode: "ok",
+        cache_key_type: "Global",
+        cache_duration: "",
+        default_cache_duration: "1m",
+        auth: auth(&[&a], USER, "wrong-2"),
+    }]);
+    let mut cfg = reg.resolver_config();
+    cfg.docker_config = tagpin::resolve::credentials::CredentialSet::from_docker_config_file(
+        &reg.docker_config("wrong-3"),
+    )
+    .unwrap();
+    cfg.providers = Some(Arc::new(
+        Providers::load(&config, &plugins.bin_dir(), Duration::from_secs(10)).unwrap(),
+    ));
+    cfg.cluster = Some(
+        tagpin::cluster::Cluster::from_kubeconfig(&kube.kubeconfig(), Default::default())
+            .await
+            .unwrap(),
+    );
+    let router = router(admitter(cfg, admission_config()));
+    let image = format!("{a}/private/app:1");
+    let mut review = pod_review("order", &[&image]);
+    review["request"]["object"]["spec"]["imagePullSecrets"] =
+        serde_json::json!([{"name": "regcred"}]);
+    let resp = common::review(&router, "/mutate", &review).await;
+    assert!(resp.get("patch").is_none(), "{resp}");
+    let docker_config = reg.docker_config("wrong-3");
+    assert_eq!(
+        warnings(&resp),
+        vec![format!(
+            "tagpin: {image} left unpinned: registry {a} refused every credential tried: \
+             the credential from pull secret team-a/regcred entry \"{a}\" (401); \
+             the credential from credential provider \"order\" entry \"{a}\" (401); \
+             the credential from {} entry \"https://{a}\" (401); anonymous access (401)",
+            docker_config.display()
+        )]
+    );
+}
