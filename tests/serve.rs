@@ -455,3 +455,35 @@ fn an_unusable_kubeconfig_stops_serve_at_start() {
         "{err}"
     );
 }
+
+#[tokio::test]
+async fn no_kube_never_calls_the_api() {
+    let reg = Registry::plain();
+    let a = reg.addr.clone();
+    reg.pusher().push("app", "1", Kind::Oci).await;
+    let kube = common::fake_kube::FakeKube::start();
+    let kubeconfig = kube.kubeconfig();
+    let tp = Tagpin::spawn(&[
+        "--insecure-registry",
+        &a,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--no-kube",
+    ]);
+    let mut review = pod_review("no-kube", &[&format!("{a}/app:1")]);
+    review["request"]["object"]["spec"]["imagePullSecrets"] =
+        serde_json::json!([{"name": "regcred"}]);
+    let (status, out) = post(
+        &client(None),
+        &format!("https://{}/mutate", tp.https),
+        serde_json::to_vec(&review).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(out["response"]["patch"].is_string(), "{out}");
+    assert!(out["response"].get("warnings").is_none(), "{out}");
+    assert_eq!(kube.total_reads(), 0);
+    assert!(tp
+        .log()
+        .contains("--no-kube: pull secrets and service accounts are not read"));
+}
