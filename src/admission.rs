@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::metrics::{AdmissionLabels, Metrics, PathLabel};
 use crate::podspec::{self, ImageSite};
 use crate::reference::{ImageRef, ReferenceError};
-use crate::resolve::{dedupe, Outcome, Resolver};
+use crate::resolve::{dedupe, CredentialRequest, Outcome, Resolver};
 
 /// `/mutate` pins what it can and never blocks; `/enforce` denies what it cannot pin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -362,6 +362,18 @@ pub fn response(api_version: String, uid: String, d: &Decision) -> ReviewOut {
     }
 }
 
+/// Where the request's pod spec is, for reading its pull secrets (and, for a template, its
+/// service account's). Pure.
+pub fn credential_request(req: &AdmissionRequest) -> CredentialRequest<'_> {
+    let pod_spec = podspec::pod_spec_location(&req.kind.group, &req.kind.kind)
+        .and_then(|at| at.iter().try_fold(req.object.as_ref()?, |v, t| v.get(t)));
+    CredentialRequest {
+        namespace: req.namespace.as_deref().filter(|n| !n.is_empty()),
+        pod_spec,
+        template: !(req.kind.group.is_empty() && req.kind.kind == "Pod"),
+    }
+}
+
 /// The object's name for logs: the request's, else `metadata.name`, else `generateName` (pods
 /// made by a ReplicaSet arrive with only that).
 fn request_name(req: &AdmissionRequest) -> String {
@@ -410,15 +422,28 @@ impl Admitter {
                 .map(|(_, r)| r.clone())
                 .collect::<Vec<_>>(),
         );
+        let mut credential_warnings = Vec::new();
         let outcomes = if distinct.is_empty() {
             Vec::new()
         } else {
             let allow_stale = self.config.stale_on_error && mode == Mode::Mutate;
+            let gathered = self
+                .resolver
+                .gather_credentials(
+                    &credential_request(&req),
+                    &distinct,
+                    started + self.config.resolve_timeout,
+                )
+                .await;
+            for w in &gathered.warnings {
+                tracing::warn!(uid = %req.uid, warning = %w, "credential source skipped");
+            }
+            credential_warnings = gathered.warnings;
             let resolved = self
                 .resolver
                 .resolve_all(
                     &distinct,
-                    &[],
+                    &gathered.sets,
                     started,
                     self.config.resolve_timeout,
                     allow_stale,
@@ -426,7 +451,11 @@ impl Admitter {
                 .await;
             index.iter().map(|&i| resolved[i].clone()).collect()
         };
-        let decision = decide(&plan, &outcomes, mode, self.config.keep_tag);
+        let mut decision = decide(&plan, &outcomes, mode, self.config.keep_tag);
+        decision.warnings.splice(
+            0..0,
+            credential_warnings.into_iter().map(|w| truncate(w, 512)),
+        );
         let outcome = match (
             &plan.ignored,
             decision.allowed,
@@ -876,5 +905,19 @@ mod tests {
             false,
         );
         assert!(!dec.allowed);
+    }
+
+    #[test]
+    fn credential_request_finds_the_pod_spec() {
+        let r = req("CREATE", None, pod(&["a:1"]), None);
+        let c = credential_request(&r);
+        assert_eq!(c.namespace, Some("ns"));
+        assert!(!c.template);
+        assert_eq!(c.pod_spec, r.object.as_ref().and_then(|o| o.get("spec")));
+        let mut other = req("CREATE", None, pod(&["a:1"]), None);
+        other.kind.kind = "Unknown".into();
+        other.namespace = Some(String::new());
+        let c = credential_request(&other);
+        assert!(c.pod_spec.is_none() && c.template && c.namespace.is_none());
     }
 }

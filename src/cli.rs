@@ -8,7 +8,9 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::admission::AdmissionConfig;
+use crate::cluster::ClusterOptions;
 use crate::resolve::credentials::{CredentialError, CredentialSet};
+use crate::resolve::provider::{ProviderError, Providers};
 use crate::resolve::registry::RegistryOptions;
 use crate::resolve::ResolverConfig;
 use crate::server::ServeConfig;
@@ -64,6 +66,25 @@ pub struct RegistryArgs {
     /// Docker config.json with static registry credentials ("auths").
     #[arg(long, env = "TAGPIN_DOCKER_CONFIG", value_name = "FILE")]
     pub docker_config: Option<PathBuf>,
+    /// Kubelet credential-provider config (CredentialProviderConfig, kubelet.config.k8s.io/v1; YAML or JSON).
+    #[arg(
+        long,
+        env = "TAGPIN_IMAGE_CREDENTIAL_PROVIDER_CONFIG",
+        value_name = "FILE",
+        requires = "image_credential_provider_bin_dir"
+    )]
+    pub image_credential_provider_config: Option<PathBuf>,
+    /// Directory holding the credential-provider plugin binaries named in the config.
+    #[arg(
+        long,
+        env = "TAGPIN_IMAGE_CREDENTIAL_PROVIDER_BIN_DIR",
+        value_name = "DIR",
+        requires = "image_credential_provider_config"
+    )]
+    pub image_credential_provider_bin_dir: Option<PathBuf>,
+    /// Bound on one credential-provider plugin run (it also never outlasts an admission's budget for that admission).
+    #[arg(long, env = "TAGPIN_IMAGE_CREDENTIAL_PROVIDER_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub image_credential_provider_timeout: Duration,
     /// How long a resolved digest is reused before the registry is asked again.
     #[arg(long, env = "TAGPIN_CACHE_TTL", default_value = "30s", value_parser = duration)]
     pub cache_ttl: Duration,
@@ -134,6 +155,15 @@ pub struct ServeArgs {
     /// Plain-HTTP address for /metrics, /healthz and /readyz.
     #[arg(long, env = "TAGPIN_METRICS_LISTEN", default_value = "0.0.0.0:9090")]
     pub metrics_listen: SocketAddr,
+    /// Kubeconfig used to read pull secrets and service accounts (default: the in-cluster service account).
+    #[arg(long, env = "TAGPIN_KUBECONFIG", value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// Bound on one Kubernetes API read (a Secret or a ServiceAccount).
+    #[arg(long, env = "TAGPIN_KUBE_TIMEOUT", default_value = "2s", value_parser = duration)]
+    pub kube_timeout: Duration,
+    /// How long a read Secret or ServiceAccount is reused ("not found" and "forbidden": at most 5s).
+    #[arg(long, env = "TAGPIN_KUBE_CACHE_TTL", default_value = "30s", value_parser = duration)]
+    pub kube_cache_ttl: Duration,
     /// After SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "TAGPIN_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration)]
     pub shutdown_grace: Duration,
@@ -197,6 +227,8 @@ impl PinArgs {
 pub enum ConfigError {
     #[error(transparent)]
     Credentials(#[from] CredentialError),
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
     #[error("cannot read --registry-ca {path}: {source}")]
     Ca {
         path: PathBuf,
@@ -217,6 +249,17 @@ impl RegistryArgs {
             })?),
             None => None,
         };
+        let providers = match (
+            &self.image_credential_provider_config,
+            &self.image_credential_provider_bin_dir,
+        ) {
+            (Some(cfg), Some(dir)) => Some(std::sync::Arc::new(Providers::load(
+                cfg,
+                dir,
+                self.image_credential_provider_timeout,
+            )?)),
+            _ => None,
+        };
         Ok(ResolverConfig {
             registry: RegistryOptions {
                 insecure: self.insecure_registry.clone(),
@@ -231,6 +274,8 @@ impl RegistryArgs {
             lookup_timeout: self.lookup_timeout,
             breaker_threshold: self.breaker_threshold,
             breaker_cooldown: self.breaker_cooldown,
+            cluster: None,
+            providers,
         })
     }
 
@@ -245,6 +290,14 @@ impl RegistryArgs {
 }
 
 impl ServeArgs {
+    pub fn cluster_options(&self) -> ClusterOptions {
+        ClusterOptions {
+            timeout: self.kube_timeout,
+            cache_ttl: self.kube_cache_ttl,
+            ..ClusterOptions::default()
+        }
+    }
+
     pub fn serve_config(&self) -> ServeConfig {
         ServeConfig {
             listen: self.listen,

@@ -1,11 +1,13 @@
 //! tagpin: pins container image tags to digests as objects are admitted to Kubernetes.
 //!
 //! The pure core (`reference`, `podspec`, the planning and deciding half of `admission`) takes
-//! values and returns values; only `resolve::registry` touches the network.
+//! values and returns values; only `resolve::registry`, `resolve::provider` (plugin processes)
+//! and `cluster` (Kubernetes API reads) touch the outside.
 #![forbid(unsafe_code)]
 
 pub mod admission;
 pub mod cli;
+pub mod cluster;
 pub mod metrics;
 pub mod pin;
 pub mod podspec;

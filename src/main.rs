@@ -65,9 +65,13 @@ fn init_logging(args: &RegistryArgs) {
     }
 }
 
-fn build(args: &RegistryArgs) -> anyhow::Result<(Admitter, Arc<Metrics>)> {
+fn build(
+    args: &RegistryArgs,
+    cluster: Option<tagpin::cluster::Cluster>,
+) -> anyhow::Result<(Admitter, Arc<Metrics>)> {
     let metrics = Arc::new(Metrics::new());
-    let rc = args.resolver_config()?;
+    let mut rc = args.resolver_config()?;
+    rc.cluster = cluster;
     let resolver =
         Resolver::new(rc, metrics.clone()).context("cannot set up the registry client")?;
     let config: AdmissionConfig = args.admission_config();
@@ -83,7 +87,13 @@ fn build(args: &RegistryArgs) -> anyhow::Result<(Admitter, Arc<Metrics>)> {
 
 async fn serve(args: tagpin::cli::ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.registry);
-    let (admitter, metrics) = build(&args.registry)?;
+    let cluster = tagpin::cluster::Cluster::for_serve(
+        args.registry.no_kube,
+        args.kubeconfig.as_deref(),
+        args.cluster_options(),
+    )
+    .await?;
+    let (admitter, metrics) = build(&args.registry, cluster)?;
     tagpin::server::serve(args.serve_config(), admitter, metrics, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -107,7 +117,7 @@ async fn shutdown_signal() {
 
 async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.registry);
-    let (admitter, _) = build(&args.registry)?;
+    let (admitter, _) = build(&args.registry, None)?;
     let cfg = &admitter.config;
     let mut lines: Vec<Result<String, String>> = Vec::with_capacity(args.images.len());
     let mut targets = Vec::new();
@@ -131,9 +141,27 @@ async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
     }
     let refs: Vec<ImageRef> = targets.iter().map(|(_, r)| r.clone()).collect();
     let (distinct, index) = dedupe(&refs);
+    let started = Instant::now();
+    let gathered = admitter
+        .resolver
+        .gather_credentials(
+            &Default::default(),
+            &distinct,
+            started + cfg.resolve_timeout,
+        )
+        .await;
+    for w in &gathered.warnings {
+        eprintln!("{w}");
+    }
     let outcomes = admitter
         .resolver
-        .resolve_all(&distinct, &[], Instant::now(), cfg.resolve_timeout, false)
+        .resolve_all(
+            &distinct,
+            &gathered.sets,
+            started,
+            cfg.resolve_timeout,
+            false,
+        )
         .await;
     for ((line, image), &i) in targets.iter().zip(&index) {
         lines[*line] = match &outcomes[i] {
@@ -169,7 +197,9 @@ async fn pin(args: PinArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(2));
         }
     };
-    let (admitter, _) = build(&args.registry)?;
+    // Files carry no namespace: pull secrets do not apply; credential plugins and
+    // --docker-config do.
+    let (admitter, _) = build(&args.registry, None)?;
     match tagpin::pin::run(sources, &admitter.resolver, &args.options(), &args.output()).await {
         Ok(report) if report.problems == 0 => Ok(ExitCode::SUCCESS),
         Ok(_) => Ok(ExitCode::FAILURE),

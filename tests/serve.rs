@@ -361,22 +361,43 @@ async fn no_credential_reaches_the_log() {
     let ca = reg.dir.path().join("ca.pem");
     std::fs::write(&ca, &reg.tls.as_ref().unwrap().ca_pem).unwrap();
     let good = reg.docker_config("Pa55-w0rd-never-logged");
+    // Pull secrets, through the fake API server: a refused one first, a missing one, the right one.
+    let kube = common::fake_kube::FakeKube::start();
+    kube.put_pull_secret(
+        "team-a",
+        "stale",
+        &a,
+        "deployer",
+        "Wr0ng-secret-never-logged",
+    );
+    kube.put_pull_secret(
+        "team-a",
+        "regcred",
+        &a,
+        "deployer",
+        "Pa55-w0rd-never-logged",
+    );
+    let kubeconfig = kube.kubeconfig();
     let tp = Tagpin::spawn(&[
         "--registry-ca",
         ca.to_str().unwrap(),
         "--docker-config",
         good.to_str().unwrap(),
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
         "--log-format",
         "json",
     ]);
     let c = client(None);
-    let review = pod_review(
+    let mut review = pod_review(
         "secret-1",
         &[
             &format!("{a}/private/app:1"),
             &format!("{a}/private/app:missing"),
         ],
     );
+    review["request"]["object"]["spec"]["imagePullSecrets"] =
+        serde_json::json!([{"name": "stale"}, {"name": "gone"}, {"name": "regcred"}]);
     let (status, out) = post(
         &c,
         &format!("https://{}/mutate", tp.https),
@@ -385,14 +406,84 @@ async fn no_credential_reaches_the_log() {
     .await;
     assert_eq!(status, 200);
     assert!(out["response"]["patch"].is_string(), "{out}");
-    let log = tp.wait_for_log("\"uid\":\"secret-1\"");
-    let encoded = {
-        use base64::Engine as _;
-        base64::engine::general_purpose::STANDARD.encode("deployer:Pa55-w0rd-never-logged")
-    };
-    assert!(
-        !log.contains("Pa55-w0rd-never-logged") && !log.contains(&encoded),
-        "{log}"
+    assert_eq!(
+        out["response"]["warnings"][0],
+        "tagpin: pull secret team-a/gone not found; resolving without it"
     );
-    assert!(!out.to_string().contains("Pa55-w0rd-never-logged"));
+    assert_eq!(kube.total_reads(), 3);
+    let log = tp.wait_for_log("\"uid\":\"secret-1\"");
+    assert!(log.contains("through the kubeconfig"), "{log}");
+    assert!(log.contains("team-a/gone not found"), "{log}");
+    for secret in ["Pa55-w0rd-never-logged", "Wr0ng-secret-never-logged"] {
+        let encoded = {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(format!("deployer:{secret}"))
+        };
+        assert!(!log.contains(secret) && !log.contains(&encoded), "{log}");
+        assert!(!out.to_string().contains(secret), "{out}");
+    }
+}
+
+#[test]
+fn an_unusable_kubeconfig_stops_serve_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kc,
+        "apiVersion: v1\nkind: Config\nusers: [{name: x, user: {token: kube-t0ken-never-shown}\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_tagpin"))
+        .args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--kubeconfig")
+        .arg(&kc)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "tagpin: cannot use --kubeconfig {}: ",
+            kc.display()
+        )),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn no_kube_never_calls_the_api() {
+    let reg = Registry::plain();
+    let a = reg.addr.clone();
+    reg.pusher().push("app", "1", Kind::Oci).await;
+    let kube = common::fake_kube::FakeKube::start();
+    let kubeconfig = kube.kubeconfig();
+    let tp = Tagpin::spawn(&[
+        "--insecure-registry",
+        &a,
+        "--kubeconfig",
+        kubeconfig.to_str().unwrap(),
+        "--no-kube",
+    ]);
+    let mut review = pod_review("no-kube", &[&format!("{a}/app:1")]);
+    review["request"]["object"]["spec"]["imagePullSecrets"] =
+        serde_json::json!([{"name": "regcred"}]);
+    let (status, out) = post(
+        &client(None),
+        &format!("https://{}/mutate", tp.https),
+        serde_json::to_vec(&review).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(out["response"]["patch"].is_string(), "{out}");
+    assert!(out["response"].get("warnings").is_none(), "{out}");
+    assert_eq!(kube.total_reads(), 0);
+    assert!(tp
+        .log()
+        .contains("--no-kube: pull secrets and service accounts are not read"));
 }

@@ -19,6 +19,7 @@ use serde_json::Value;
 
 use crate::podspec::{self, ImageSite, Record};
 use crate::reference::{ImageRef, ReferenceError};
+use crate::resolve::credentials::CredentialSet;
 use crate::resolve::{Outcome, Resolver};
 
 /// Input and output problems: nothing is written when one occurs.
@@ -598,20 +599,23 @@ pub enum Output {
 async fn resolve(
     resolver: &Resolver,
     images: Vec<ImageRef>,
+    credentials: Vec<CredentialSet>,
     timeout: Duration,
 ) -> HashMap<String, Outcome> {
+    let credentials = Arc::new(credentials);
     let total = images.len();
     let done = Arc::new(AtomicUsize::new(0));
     let limit = Arc::new(tokio::sync::Semaphore::new(32));
     let mut tasks = Vec::with_capacity(total);
     for image in images {
         let (resolver, done, limit) = (resolver.clone(), done.clone(), limit.clone());
+        let credentials = credentials.clone();
         tasks.push(tokio::spawn(async move {
             let _permit = limit.acquire_owned().await;
             let out = resolver
                 .resolve_all(
                     std::slice::from_ref(&image),
-                    &[],
+                    &credentials,
                     Instant::now(),
                     timeout,
                     false,
@@ -678,7 +682,18 @@ pub async fn run(
             }
         }
     }
-    let results = resolve(resolver, wanted, opts.lookup_timeout).await;
+    // Credential-provider plugins (no pull secrets: files have no namespace to read them from).
+    let gathered = resolver
+        .gather_credentials(
+            &Default::default(),
+            &wanted,
+            Instant::now() + opts.lookup_timeout,
+        )
+        .await;
+    for w in &gathered.warnings {
+        eprintln!("{w}");
+    }
+    let results = resolve(resolver, wanted, gathered.sets, opts.lookup_timeout).await;
     let mut report = Report {
         files: plans.len(),
         documents: plans

@@ -4,6 +4,7 @@
 
 pub mod breaker;
 pub mod credentials;
+pub mod provider;
 pub mod registry;
 
 use std::collections::HashMap;
@@ -11,11 +12,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
+use serde_json::Value;
 
+use crate::cluster::{self, Cluster, Fetched};
 use crate::metrics::{LookupLabels, Metrics, RegistryLabel};
 use crate::reference::{Digest, ImageRef};
 use breaker::Breakers;
 use credentials::{Credential, CredentialSet};
+use provider::Providers;
 use registry::{RegistryClient, RegistryError, RegistryOptions};
 
 #[derive(Clone, Debug)]
@@ -32,6 +36,11 @@ pub struct ResolverConfig {
     pub lookup_timeout: Duration,
     pub breaker_threshold: u32,
     pub breaker_cooldown: Duration,
+    /// Pull secrets and service accounts are read through this (`None`: `--no-kube`, or no
+    /// cluster to talk to).
+    pub cluster: Option<Cluster>,
+    /// Credential-provider plugins (`--image-credential-provider-config`).
+    pub providers: Option<Arc<Providers>>,
 }
 
 impl Default for ResolverConfig {
@@ -50,6 +59,8 @@ impl Default for ResolverConfig {
             lookup_timeout: Duration::from_secs(10),
             breaker_threshold: 5,
             breaker_cooldown: Duration::from_secs(30),
+            cluster: None,
+            providers: None,
         }
     }
 }
@@ -126,6 +137,27 @@ struct Inner {
     breakers: Breakers,
     metrics: Arc<Metrics>,
     lookup_timeout: Duration,
+    cluster: Option<Cluster>,
+    providers: Option<Arc<Providers>>,
+}
+
+/// Where the pod spec of an object being admitted is, for credentials.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CredentialRequest<'a> {
+    pub namespace: Option<&'a str>,
+    /// The pod spec (`spec` of a Pod, `spec.template.spec` of a Deployment, ...).
+    pub pod_spec: Option<&'a Value>,
+    /// A pod template rather than a Pod: the ServiceAccount admission plugin has not yet copied
+    /// the service account's pull secrets into it, so tagpin reads them when the spec names none.
+    pub template: bool,
+}
+
+/// Credentials gathered for one request, in the kubelet's order, and what went wrong on the way
+/// (admission warnings, never holding a secret).
+#[derive(Debug, Default)]
+pub struct Gathered {
+    pub sets: Vec<CredentialSet>,
+    pub warnings: Vec<String>,
 }
 
 /// Cheap to clone; share one per process.
@@ -158,11 +190,122 @@ impl Resolver {
             breakers: Breakers::new(cfg.breaker_threshold, cfg.breaker_cooldown, metrics.clone()),
             metrics,
             lookup_timeout: cfg.lookup_timeout,
+            cluster: cfg.cluster,
+            providers: cfg.providers,
         })))
     }
 
-    /// Credentials to try for `image`, in order: those of the request (pull secrets, later),
-    /// then `--docker-config`, then anonymous.
+    /// The request's own credential sets, in the kubelet's order: the pod spec's
+    /// `imagePullSecrets` (for a template without any, its service account's), then the
+    /// credential-provider plugins matching each image. `--docker-config` and anonymous are
+    /// added per image by the resolver. Nothing here fails the request: a missing secret, a
+    /// forbidden read or a failed plugin becomes a warning and resolution goes on without it.
+    /// Reads and plugin runs go on in the background past `deadline` and fill their caches.
+    pub async fn gather_credentials(
+        &self,
+        req: &CredentialRequest<'_>,
+        images: &[ImageRef],
+        deadline: Instant,
+    ) -> Gathered {
+        let mut out = Gathered::default();
+        if images.is_empty() {
+            return out;
+        }
+        if let (Some(cluster), Some(ns), Some(spec)) =
+            (&self.0.cluster, req.namespace, req.pod_spec)
+        {
+            let mut names = cluster::pull_secret_names(spec);
+            if names.is_empty() && req.template {
+                let sa = cluster::service_account_name(spec);
+                let read = {
+                    let (c, ns, sa) = (cluster.clone(), ns.to_string(), sa.clone());
+                    tokio::spawn(async move { c.service_account(&ns, &sa).await })
+                };
+                match tokio::time::timeout_at(deadline.into(), read).await {
+                    Ok(Ok(Ok(Fetched::Found(secrets)))) => names = secrets.to_vec(),
+                    Ok(Ok(Ok(Fetched::NotFound))) => out.warnings.push(format!(
+                        "tagpin: service account {ns}/{sa} not found; resolving without its pull secrets"
+                    )),
+                    Ok(Ok(Ok(Fetched::Forbidden))) => out.warnings.push(format!(
+                        "tagpin: not allowed to read service account {ns}/{sa} (403); grant tagpin get on serviceaccounts; resolving without its pull secrets"
+                    )),
+                    Ok(Ok(Ok(Fetched::Unusable(m)))) => out.warnings.push(format!("tagpin: {m}")),
+                    Ok(Ok(Err(e))) => out.warnings.push(format!(
+                        "tagpin: reading service account {ns}/{sa} failed: {e}; resolving without its pull secrets"
+                    )),
+                    Ok(Err(e)) => out.warnings.push(format!(
+                        "tagpin: reading service account {ns}/{sa} failed: {e}; resolving without its pull secrets"
+                    )),
+                    Err(_) => out.warnings.push(format!(
+                        "tagpin: reading service account {ns}/{sa} did not finish within the admission deadline; resolving without its pull secrets"
+                    )),
+                }
+            }
+            let reads: Vec<_> = names
+                .iter()
+                .map(|name| {
+                    let (c, ns, name) = (cluster.clone(), ns.to_string(), name.clone());
+                    tokio::spawn(async move { c.secret(&ns, &name).await })
+                })
+                .collect();
+            for (name, read) in names.iter().zip(reads) {
+                let without = "resolving without it";
+                match tokio::time::timeout_at(deadline.into(), read).await {
+                    Ok(Ok(Ok(Fetched::Found(set)))) => out.sets.push(set),
+                    Ok(Ok(Ok(Fetched::NotFound))) => out.warnings.push(format!(
+                        "tagpin: pull secret {ns}/{name} not found; {without}"
+                    )),
+                    Ok(Ok(Ok(Fetched::Forbidden))) => out.warnings.push(format!(
+                        "tagpin: not allowed to read pull secret {ns}/{name} (403); grant tagpin get on secrets; {without}"
+                    )),
+                    Ok(Ok(Ok(Fetched::Unusable(m)))) => {
+                        out.warnings.push(format!("tagpin: {m}; {without}"))
+                    }
+                    Ok(Ok(Err(e))) => out.warnings.push(format!(
+                        "tagpin: reading pull secret {ns}/{name} failed: {e}; {without}"
+                    )),
+                    Ok(Err(e)) => out.warnings.push(format!(
+                        "tagpin: reading pull secret {ns}/{name} failed: {e}; {without}"
+                    )),
+                    Err(_) => out.warnings.push(format!(
+                        "tagpin: reading pull secret {ns}/{name} did not finish within the admission deadline; {without}"
+                    )),
+                }
+            }
+        }
+        if let Some(providers) = &self.0.providers {
+            let runs: Vec<_> = images
+                .iter()
+                .map(|image| {
+                    let (p, image) = (providers.clone(), image.clone());
+                    tokio::spawn(async move { p.credentials(&image).await })
+                })
+                .collect();
+            for (image, run) in images.iter().zip(runs) {
+                match tokio::time::timeout_at(deadline.into(), run).await {
+                    Ok(Ok((sets, errors))) => {
+                        out.sets.extend(sets);
+                        out.warnings.extend(
+                            errors
+                                .iter()
+                                .map(|e| format!("tagpin: {e}; resolving without it")),
+                        );
+                    }
+                    Ok(Err(e)) => out.warnings.push(format!(
+                        "tagpin: credential providers for {image} failed: {e}; resolving without them"
+                    )),
+                    Err(_) => out.warnings.push(format!(
+                        "tagpin: credential providers for {image} did not finish within the admission deadline; resolving without them"
+                    )),
+                }
+            }
+        }
+        out
+    }
+
+    /// Credentials to try for `image`, in order: those of the request (pull secrets, service
+    /// account, plugins; see [`Resolver::gather_credentials`]), then `--docker-config`, then
+    /// anonymous.
     fn candidates(&self, image: &ImageRef, request: &[CredentialSet]) -> Vec<Credential> {
         let mut out: Vec<Credential> = Vec::new();
         let sets = request.iter().chain(std::iter::once(&self.0.docker_config));
@@ -242,13 +385,18 @@ impl Resolver {
         image: &ImageRef,
         creds: &[Credential],
     ) -> Result<Digest, LookupError> {
-        let mut refusals: Vec<LookupError> = Vec::new();
+        // A digest any of this request's own credentials already obtained answers it, before
+        // a refused credential earlier in the list is tried again (a stale pull secret listed
+        // first would otherwise cost a registry round trip on every admission).
         for cred in creds {
-            let key = Key::new(image, cred);
-            if let Some(d) = self.0.cache.get(&key).await {
+            if let Some(d) = self.0.cache.get(&Key::new(image, cred)).await {
                 self.0.metrics.cache_hits.inc();
                 return Ok(d);
             }
+        }
+        let mut refusals: Vec<LookupError> = Vec::new();
+        for cred in creds {
+            let key = Key::new(image, cred);
             self.0.metrics.cache_misses.inc();
             let loaded = self
                 .0

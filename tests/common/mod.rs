@@ -4,6 +4,10 @@
 //! the sha256 of bytes we wrote. All traffic stays on 127.0.0.1.
 #![allow(dead_code)]
 
+pub mod fake_kube;
+pub mod plugin;
+pub mod token;
+
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -79,11 +83,15 @@ pub struct Registry {
     log: PathBuf,
     pub tls: Option<TestCa>,
     pub user: Option<(String, String)>,
+    /// Directories that must live as long as the registry.
+    keep: Vec<tempfile::TempDir>,
 }
 
 pub struct RegistryOptions {
     pub tls: bool,
     pub htpasswd: Option<(String, String)>,
+    /// Token auth (`auth: token`) against this token server.
+    pub token: Option<String>,
 }
 
 impl Registry {
@@ -92,6 +100,7 @@ impl Registry {
         Self::start(RegistryOptions {
             tls: false,
             htpasswd: None,
+            token: None,
         })
     }
 
@@ -100,7 +109,21 @@ impl Registry {
         Self::start(RegistryOptions {
             tls: true,
             htpasswd: Some((user.into(), password.into())),
+            token: None,
         })
+    }
+
+    /// Plain HTTP with token auth: 401 + Bearer challenge naming `server`, which issues the JWTs.
+    pub fn token_auth(server: &token::TokenServer) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = server.registry_auth_yaml(dir.path());
+        let mut r = Self::start(RegistryOptions {
+            tls: false,
+            htpasswd: None,
+            token: Some(yaml),
+        });
+        r.keep.push(dir);
+        r
     }
 
     pub fn start(opts: RegistryOptions) -> Self {
@@ -135,6 +158,9 @@ impl Registry {
                 dir.path().join("htpasswd").display()
             ));
         }
+        if let Some(yaml) = &opts.token {
+            cfg.push_str(yaml);
+        }
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = dir.path().join("registry.log");
@@ -166,6 +192,7 @@ impl Registry {
             log,
             tls,
             user: opts.htpasswd,
+            keep: Vec::new(),
         }
     }
 
@@ -226,6 +253,15 @@ impl Registry {
             http: b.build().unwrap(),
             base: self.base(),
             auth: self.user.clone(),
+            bearer: None,
+        }
+    }
+
+    /// A pusher that sends this registry token (for token-auth registries).
+    pub fn pusher_with_token(&self, token: String) -> Pusher {
+        Pusher {
+            bearer: Some(token),
+            ..self.pusher()
         }
     }
 
@@ -289,6 +325,7 @@ pub struct Pusher {
     http: reqwest::Client,
     base: String,
     auth: Option<(String, String)>,
+    bearer: Option<String>,
 }
 
 static NONCE: AtomicU64 = AtomicU64::new(0);
@@ -296,9 +333,10 @@ static NONCE: AtomicU64 = AtomicU64::new(0);
 impl Pusher {
     fn req(&self, m: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
         let r = self.http.request(m, url);
-        match &self.auth {
-            Some((u, p)) => r.basic_auth(u, Some(p)),
-            None => r,
+        match (&self.bearer, &self.auth) {
+            (Some(t), _) => r.bearer_auth(t),
+            (None, Some((u, p))) => r.basic_auth(u, Some(p)),
+            (None, None) => r,
         }
     }
 
