@@ -439,3 +439,54 @@ async fn a_hung_api_read_is_bounded_by_the_kube_timeout_and_the_rest_resolves() 
     assert_eq!(kube.reads(&secret_path("team-a", "slow")), 2);
     assert_eq!(kube.reads(&secret_path("team-a", "regcred")), 1);
 }
+
+/// A Deployment AdmissionReview through the webhook: its template names no pull secrets, so its
+/// service account's are read and used; the template is pinned and recorded.
+#[tokio::test]
+async fn a_deployment_review_is_pinned_with_its_service_accounts_secret() {
+    let reg = Registry::tls_basic("deploy-bot", "d3ploy-pa55");
+    let a = reg.addr.clone();
+    let p = reg.pusher();
+    let d_app = p.push("private/app", "v3", Kind::Oci).await;
+    let d_web = p.push("private/web", "1.27", Kind::Index).await;
+    let kube = FakeKube::start();
+    kube.put_service_account("team-a", "web", &["regcred"]);
+    kube.put_pull_secret("team-a", "regcred", &a, "deploy-bot", "d3ploy-pa55");
+    let mut cfg = reg.resolver_config();
+    cfg.cluster = Some(cluster(&kube).await);
+    let router = router(admitter(cfg, admission_config()));
+    let (app, web) = (
+        format!("{a}/private/app:v3"),
+        format!("{a}/private/web:1.27"),
+    );
+    let mut review = fixture("deployment-create.json", &[&app, &web]);
+    review["request"]["object"]["spec"]["template"]["spec"]["serviceAccountName"] = json!("web");
+    let resp = common::review(&router, "/mutate", &review).await;
+    assert!(warnings(&resp).is_empty(), "{:?}", warnings(&resp));
+    let out = apply(&review, &resp);
+    let spec = &out["spec"]["template"]["spec"];
+    assert_eq!(
+        spec["initContainers"][0]["image"],
+        format!("{a}/private/app@{d_app}")
+    );
+    assert_eq!(
+        spec["containers"][0]["image"],
+        format!("{a}/private/web@{d_web}")
+    );
+    assert!(out["spec"]["template"]["metadata"]["annotations"]["tagpin.io/pinned"].is_string());
+    assert_eq!(kube.reads(&service_account_path("team-a", "web")), 1);
+    assert_eq!(kube.reads(&secret_path("team-a", "regcred")), 1);
+
+    // Without the service account: both images left unpinned, the warning names the account.
+    let mut other = review.clone();
+    other["request"]["object"]["spec"]["template"]["spec"]["serviceAccountName"] = json!("ghost");
+    other["request"]["uid"] = json!("ghost-1");
+    let resp = common::review(&router, "/mutate", &other).await;
+    assert!(resp.get("patch").is_none(), "{resp}");
+    let w = warnings(&resp);
+    assert_eq!(
+        w[0],
+        "tagpin: service account team-a/ghost not found; resolving without its pull secrets"
+    );
+    assert_eq!(w.len(), 3, "{w:?}");
+}
