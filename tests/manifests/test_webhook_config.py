@@ -129,12 +129,12 @@ def rules_of(webhook):
 
 class WebhookConfiguration(unittest.TestCase):
     def each(self):
-        for install in INSTALLS:
-            mwc = one(install, "MutatingWebhookConfiguration", "tagpin")
-            container = tagpin_container(install)
-            for wh in mwc["webhooks"]:
-                with self.subTest(install=install, webhook=wh["name"]):
-                    yield install, wh, container
+        """(install, webhook, tagpin container) for every webhook of every install variant."""
+        return [
+            (install, wh, tagpin_container(install))
+            for install in INSTALLS
+            for wh in one(install, "MutatingWebhookConfiguration", "tagpin")["webhooks"]
+        ]
 
     def test_exactly_the_three_webhooks(self):
         for install in INSTALLS:
@@ -144,52 +144,57 @@ class WebhookConfiguration(unittest.TestCase):
 
     def test_path_failure_policy_and_rules(self):
         for install, wh, _ in self.each():
-            path, policy, _, _, rules = EXPECTED[wh["name"]]
-            self.assertEqual(wh["clientConfig"]["service"]["path"], path)
-            self.assertEqual(wh["failurePolicy"], policy)
-            self.assertEqual(rules_of(wh), rules)
-            self.assertTrue(all(r.get("scope") == "Namespaced" for r in wh["rules"]))
+            with self.subTest(install=install, webhook=wh["name"]):
+                path, policy, _, _, rules = EXPECTED[wh["name"]]
+                self.assertEqual(wh["clientConfig"]["service"]["path"], path)
+                self.assertEqual(wh["failurePolicy"], policy)
+                self.assertEqual(rules_of(wh), rules)
+                self.assertTrue(all(r.get("scope") == "Namespaced" for r in wh["rules"]))
 
     def test_common_settings(self):
         for install, wh, _ in self.each():
-            self.assertEqual(wh["admissionReviewVersions"], ["v1"])
-            self.assertEqual(wh["sideEffects"], "None")
-            self.assertEqual(wh["matchPolicy"], "Equivalent")
-            self.assertEqual(wh["reinvocationPolicy"], "IfNeeded")
+            with self.subTest(install=install, webhook=wh["name"]):
+                self.assertEqual(wh["admissionReviewVersions"], ["v1"])
+                self.assertEqual(wh["sideEffects"], "None")
+                self.assertEqual(wh["matchPolicy"], "Equivalent")
+                self.assertEqual(wh["reinvocationPolicy"], "IfNeeded")
 
     def test_timeout_above_resolve_timeout_with_margin(self):
         for install, wh, container in self.each():
-            resolve = seconds(flag(container, "resolve-timeout", "5s"))
-            timeout = wh["timeoutSeconds"]
-            # The API server gives up at timeoutSeconds (at most 30); tagpin answers by
-            # --resolve-timeout plus its own work: keep at least 2 s between the two.
-            self.assertLessEqual(timeout, 30)
-            self.assertGreaterEqual(timeout, resolve + 2, f"timeoutSeconds {timeout} vs --resolve-timeout {resolve}s")
+            with self.subTest(install=install, webhook=wh["name"]):
+                resolve = seconds(flag(container, "resolve-timeout", "5s"))
+                timeout = wh["timeoutSeconds"]
+                # The API server gives up at timeoutSeconds (at most 30); tagpin answers by
+                # --resolve-timeout plus its own work: keep at least 2 s between the two.
+                self.assertLessEqual(timeout, 30)
+                self.assertGreaterEqual(timeout, resolve + 2, f"timeoutSeconds {timeout} vs --resolve-timeout {resolve}s")
 
     def test_service_reference_reaches_the_https_port(self):
         for install, wh, container in self.each():
-            ref = wh["clientConfig"]["service"]
-            self.assertEqual(ref["namespace"], NAMESPACE)
-            svc = one(install, "Service", ref["name"])
-            port = next(p for p in svc["spec"]["ports"] if p["port"] == ref.get("port", 443))
-            cport = next(p for p in container["ports"] if p["name"] == port["targetPort"] or p["containerPort"] == port["targetPort"])
-            listen = flag(container, "listen", "0.0.0.0:8443")
-            self.assertEqual(cport["containerPort"], int(listen.rsplit(":", 1)[1]))
+            with self.subTest(install=install, webhook=wh["name"]):
+                ref = wh["clientConfig"]["service"]
+                self.assertEqual(ref["namespace"], NAMESPACE)
+                svc = one(install, "Service", ref["name"])
+                port = next(p for p in svc["spec"]["ports"] if p["port"] == ref.get("port", 443))
+                cport = next(p for p in container["ports"] if p["name"] == port["targetPort"] or p["containerPort"] == port["targetPort"])
+                listen = flag(container, "listen", "0.0.0.0:8443")
+                self.assertEqual(cport["containerPort"], int(listen.rsplit(":", 1)[1]))
 
     def test_namespace_opt_in_and_exclusions(self):
         for install, wh, _ in self.each():
-            _, _, key, value, _ = EXPECTED[wh["name"]]
-            sel = wh["namespaceSelector"]
-            self.assertIn({"key": key, "operator": "In", "values": [value]}, sel["matchExpressions"])
-            # Evaluated as the API server would, on namespaces as they would be labelled.
-            self.assertTrue(selects(sel, ns_labels("team-a", **{key: value})))
-            self.assertFalse(selects(sel, ns_labels("team-b")), "an unlabelled namespace must not match")
-            other = {"tagpin.io/mode": "enabled", "tagpin.io/workloads": "enabled"}
-            other[key] = "nope"
-            self.assertFalse(selects(sel, ns_labels("team-c", **other)))
-            # kube-system and tagpin-system are out by name, even if someone labels them.
-            for ns in ("kube-system", NAMESPACE):
-                self.assertFalse(selects(sel, ns_labels(ns, **{key: value})), ns)
+            with self.subTest(install=install, webhook=wh["name"]):
+                _, _, key, value, _ = EXPECTED[wh["name"]]
+                sel = wh["namespaceSelector"]
+                self.assertIn({"key": key, "operator": "In", "values": [value]}, sel["matchExpressions"])
+                # Evaluated as the API server would, on namespaces as they would be labelled.
+                self.assertTrue(selects(sel, ns_labels("team-a", **{key: value})))
+                self.assertFalse(selects(sel, ns_labels("team-b")), "an unlabelled namespace must not match")
+                other = {"tagpin.io/mode": "enabled", "tagpin.io/workloads": "enabled"}
+                other[key] = "nope"
+                self.assertFalse(selects(sel, ns_labels("team-c", **other)))
+                # kube-system and tagpin-system are out by name, even if someone labels them.
+                for ns in ("kube-system", NAMESPACE):
+                    self.assertFalse(selects(sel, ns_labels(ns, **{key: value})), ns)
 
     def test_tagpin_namespace_as_installed_never_matches(self):
         for install in INSTALLS:
@@ -200,11 +205,12 @@ class WebhookConfiguration(unittest.TestCase):
 
     def test_skip_label_excludes_objects(self):
         for install, wh, _ in self.each():
-            sel = wh["objectSelector"]
-            self.assertIn({"key": "tagpin.io/skip", "operator": "NotIn", "values": ["true"]}, sel["matchExpressions"])
-            self.assertFalse(selects(sel, {"tagpin.io/skip": "true", "app": "x"}))
-            self.assertTrue(selects(sel, {"app": "x"}))
-            self.assertTrue(selects(sel, {}))
+            with self.subTest(install=install, webhook=wh["name"]):
+                sel = wh["objectSelector"]
+                self.assertIn({"key": "tagpin.io/skip", "operator": "NotIn", "values": ["true"]}, sel["matchExpressions"])
+                self.assertFalse(selects(sel, {"tagpin.io/skip": "true", "app": "x"}))
+                self.assertTrue(selects(sel, {"app": "x"}))
+                self.assertTrue(selects(sel, {}))
 
 
 class Deployment(unittest.TestCase):
