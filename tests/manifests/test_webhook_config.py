@@ -264,6 +264,34 @@ class Deployment(unittest.TestCase):
                 self.assertEqual(files, {"tls.crt", "tls.key"})
 
 
+def tagpin_binary():
+    """$TAGPIN_BIN, or the binary `cargo test` / `cargo build` left in the target directory."""
+    if os.environ.get("TAGPIN_BIN"):
+        return os.environ["TAGPIN_BIN"]
+    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
+    for profile in ("debug", "release"):
+        path = os.path.join(target, profile, "tagpin")
+        if os.access(path, os.X_OK):
+            return path
+    return None
+
+
+class ServerFlags(unittest.TestCase):
+    def test_the_binary_accepts_the_deployment_args(self):
+        """Every flag and value in the Deployment is one `tagpin serve` takes: clap checks each
+        argument in order, and a trailing --help then exits 0 without serving."""
+        binary = tagpin_binary()
+        if not binary:
+            self.skipTest("no tagpin binary (set TAGPIN_BIN, or run after cargo build/test)")
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TAGPIN_")}
+        for install in INSTALLS:
+            c = tagpin_container(install)
+            with self.subTest(install=install):
+                argv = [binary] + list(c.get("command", [])) + list(c["args"]) + ["--help"]
+                run = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
+                self.assertEqual(run.returncode, 0, f"{' '.join(argv[1:])}\n{run.stderr}")
+
+
 class Certificates(unittest.TestCase):
     def test_cert_manager_injects_the_ca_of_the_serving_certificate(self):
         for install in ("default", "cert-manager", "servicemonitor"):
