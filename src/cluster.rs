@@ -13,6 +13,7 @@ use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use moka::future::Cache;
 use serde_json::Value;
 
+use crate::metrics::{KubeReadLabels, Metrics};
 use crate::resolve::credentials::CredentialSet;
 
 #[derive(Debug, thiserror::Error)]
@@ -125,6 +126,7 @@ impl<T> moka::Expiry<Key, Fetched<T>> for Ttl {
 #[derive(Clone)]
 pub struct Cluster {
     client: kube::Client,
+    metrics: Arc<std::sync::OnceLock<Arc<Metrics>>>,
     timeout: Duration,
     secrets: Cache<Key, Fetched<CredentialSet>>,
     accounts: Cache<Key, Fetched<Arc<Vec<String>>>>,
@@ -175,6 +177,7 @@ impl Cluster {
             kube::Client::try_from(config).map_err(|e| ClusterError::Client(e.to_string()))?;
         Ok(Self {
             client,
+            metrics: Arc::default(),
             timeout: opts.timeout,
             secrets: cache("pull-secrets", &opts),
             accounts: cache("service-accounts", &opts),
@@ -228,7 +231,7 @@ impl Cluster {
         self.secrets
             .try_get_with(key, async move {
                 let api = kube::Api::<Secret>::namespaced(this.client.clone(), namespace);
-                Ok(match this.read(api.get_opt(name)).await? {
+                Ok(match this.read("secret", api.get_opt(name)).await? {
                     Fetched::Found(s) => {
                         let id = format!("{namespace}/{name}");
                         let data = s
@@ -266,25 +269,54 @@ impl Cluster {
         self.accounts
             .try_get_with(key, async move {
                 let api = kube::Api::<ServiceAccount>::namespaced(this.client.clone(), namespace);
-                Ok(match this.read(api.get_opt(name)).await? {
-                    Fetched::Found(sa) => Fetched::Found(Arc::new(
-                        sa.image_pull_secrets
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|r| r.name)
-                            .filter(|n| !n.is_empty())
-                            .collect(),
-                    )),
-                    Fetched::NotFound => Fetched::NotFound,
-                    Fetched::Forbidden => Fetched::Forbidden,
-                    Fetched::Unusable(m) => Fetched::Unusable(m),
-                })
+                Ok(
+                    match this.read("serviceaccount", api.get_opt(name)).await? {
+                        Fetched::Found(sa) => Fetched::Found(Arc::new(
+                            sa.image_pull_secrets
+                                .unwrap_or_default()
+                                .into_iter()
+                                .map(|r| r.name)
+                                .filter(|n| !n.is_empty())
+                                .collect(),
+                        )),
+                        Fetched::NotFound => Fetched::NotFound,
+                        Fetched::Forbidden => Fetched::Forbidden,
+                        Fetched::Unusable(m) => Fetched::Unusable(m),
+                    },
+                )
             })
             .await
             .map_err(|e: Arc<ReadError>| ReadError::clone(&e))
     }
 
+    /// Counts reads in `tagpin_kube_reads_total` from now on (the resolver attaches its metrics).
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
+    }
+
     async fn read<T>(
+        &self,
+        kind: &'static str,
+        get: impl std::future::Future<Output = kube::Result<Option<T>>>,
+    ) -> Result<Fetched<T>, ReadError> {
+        let result = self.read_uncounted(get).await;
+        if let Some(m) = self.metrics.get() {
+            let outcome = match &result {
+                Ok(Fetched::Found(_)) => "found",
+                Ok(Fetched::NotFound) => "not_found",
+                Ok(Fetched::Forbidden) => "forbidden",
+                Ok(Fetched::Unusable(_)) => "found",
+                Err(ReadError::Timeout { .. }) => "timeout",
+                Err(_) => "error",
+            };
+            m.kube_reads
+                .get_or_create(&KubeReadLabels { kind, outcome })
+                .inc();
+        }
+        result
+    }
+
+    async fn read_uncounted<T>(
         &self,
         get: impl std::future::Future<Output = kube::Result<Option<T>>>,
     ) -> Result<Fetched<T>, ReadError> {

@@ -30,6 +30,22 @@ pub struct RegistryLabel {
     pub registry: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KubeReadLabels {
+    /// `secret` or `serviceaccount`.
+    pub kind: &'static str,
+    /// `found`, `not_found`, `forbidden`, `timeout`, `error`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PluginRunLabels {
+    /// The provider's `name` in the CredentialProviderConfig (bounded by the config).
+    pub provider: String,
+    /// `ok`, `timeout`, `exit`, `bad_response`, `spawn`.
+    pub outcome: &'static str,
+}
+
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
@@ -43,6 +59,8 @@ pub struct Metrics {
     pub stale_served: Counter,
     /// 0 closed, 1 open, 2 half-open.
     pub breaker_state: Family<RegistryLabel, Gauge>,
+    pub kube_reads: Family<KubeReadLabels, Counter>,
+    pub plugin_runs: Family<PluginRunLabels, Counter>,
 }
 
 fn admission_histogram() -> Histogram {
@@ -105,6 +123,18 @@ impl Metrics {
             "Circuit breaker per registry: 0 closed, 1 open, 2 half-open",
             breaker_state.clone(),
         );
+        let kube_reads = Family::<KubeReadLabels, Counter>::default();
+        registry.register(
+            "kube_reads",
+            "Kubernetes API reads (get) of pull secrets and service accounts, by kind and outcome",
+            kube_reads.clone(),
+        );
+        let plugin_runs = Family::<PluginRunLabels, Counter>::default();
+        registry.register(
+            "credential_plugin_runs",
+            "Credential-provider plugin runs, by provider and outcome",
+            plugin_runs.clone(),
+        );
         Self {
             registry,
             admissions,
@@ -115,6 +145,8 @@ impl Metrics {
             cache_misses,
             stale_served,
             breaker_state,
+            kube_reads,
+            plugin_runs,
         }
     }
 

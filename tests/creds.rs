@@ -113,7 +113,8 @@ async fn missing_forbidden_and_unusable_secrets_are_warnings_and_the_rest_resolv
     kube.forbid(&secret_path("team-a", "locked"));
     let mut cfg = reg.resolver_config();
     cfg.cluster = Some(cluster(&kube).await);
-    let router = router(admitter(cfg, admission_config()));
+    let adm = admitter(cfg, admission_config());
+    let router = router(adm.clone());
     let image = format!("{a}/private/app:1");
     let secrets = ["gone", "locked", "opaque", "legacy"];
     let expected = vec![
@@ -130,6 +131,15 @@ async fn missing_forbidden_and_unusable_secrets_are_warnings_and_the_rest_resolv
     // Each object read once: "not found" and "forbidden" are cached too (briefly).
     for s in secrets {
         assert_eq!(kube.reads(&secret_path("team-a", s)), 1, "{s}");
+    }
+    // And counted, by kind and outcome (opaque exists: found, though unusable).
+    let metrics = adm.metrics.encode();
+    for line in [
+        r#"tagpin_kube_reads_total{kind="secret",outcome="not_found"} 1"#,
+        r#"tagpin_kube_reads_total{kind="secret",outcome="forbidden"} 1"#,
+        r#"tagpin_kube_reads_total{kind="secret",outcome="found"} 2"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
 }
 

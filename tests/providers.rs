@@ -125,7 +125,8 @@ async fn a_plugin_that_hangs_fails_or_answers_garbage_is_skipped_with_a_warning(
     cfg.providers = Some(Arc::new(
         Providers::load(&config, &plugins.bin_dir(), Duration::from_secs(1)).unwrap(),
     ));
-    let router = router(admitter(cfg, admission_config()));
+    let adm = admitter(cfg, admission_config());
+    let router = router(adm.clone());
     let image = format!("{a}/private/app:1");
     let review = pod_review("plugins-fail", &[&image]);
     let resp = common::review(&router, "/mutate", &review).await;
@@ -149,6 +150,15 @@ async fn a_plugin_that_hangs_fails_or_answers_garbage_is_skipped_with_a_warning(
     );
     for name in ["slow", "badjson", "fail"] {
         assert_eq!(plugins.requests(name).len(), 1, "{name}");
+    }
+    // Each failure is counted by provider and outcome.
+    let metrics = adm.metrics.encode();
+    for line in [
+        r#"tagpin_credential_plugin_runs_total{provider="slow",outcome="timeout"} 1"#,
+        r#"tagpin_credential_plugin_runs_total{provider="badjson",outcome="bad_response"} 1"#,
+        r#"tagpin_credential_plugin_runs_total{provider="fail",outcome="exit"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }
 }
 

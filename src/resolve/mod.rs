@@ -182,6 +182,8 @@ impl Resolver {
                 .time_to_live(ttl)
                 .build()
         });
+        let cluster = cfg.cluster.inspect(|c| c.attach_metrics(metrics.clone()));
+        let providers = cfg.providers.inspect(|p| p.attach_metrics(metrics.clone()));
         Ok(Self(Arc::new(Inner {
             client,
             docker_config: cfg.docker_config,
@@ -190,8 +192,8 @@ impl Resolver {
             breakers: Breakers::new(cfg.breaker_threshold, cfg.breaker_cooldown, metrics.clone()),
             metrics,
             lookup_timeout: cfg.lookup_timeout,
-            cluster: cfg.cluster,
-            providers: cfg.providers,
+            cluster,
+            providers,
         })))
     }
 

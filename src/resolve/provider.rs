@@ -12,13 +12,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt as _;
 
 use super::credentials::{image_matches, CredentialSet};
+use crate::metrics::{Metrics, PluginRunLabels};
 use crate::reference::ImageRef;
 
 /// Largest plugin answer read.
@@ -328,6 +329,7 @@ struct Provider {
 pub struct Providers {
     providers: Vec<Provider>,
     timeout: Duration,
+    metrics: std::sync::OnceLock<Arc<Metrics>>,
 }
 
 impl std::fmt::Debug for Providers {
@@ -369,7 +371,16 @@ impl Providers {
                 cache: Mutex::new(HashMap::new()),
             });
         }
-        Ok(Self { providers, timeout })
+        Ok(Self {
+            providers,
+            timeout,
+            metrics: std::sync::OnceLock::new(),
+        })
+    }
+
+    /// Counts plugin runs in `tagpin_credential_plugin_runs_total` from now on.
+    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
+        let _ = self.metrics.set(metrics);
     }
 
     /// Credentials of every provider whose `matchImages` covers `image`, in config order, and
@@ -386,7 +397,7 @@ impl Providers {
             {
                 continue;
             }
-            match p.get(image, self.timeout).await {
+            match p.get(image, self.timeout, self.metrics.get()).await {
                 Ok(set) => sets.push(set),
                 Err(e) => errors.push(e),
             }
@@ -426,6 +437,7 @@ impl Provider {
         &self,
         image: &ImageRef,
         timeout: Duration,
+        metrics: Option<&Arc<Metrics>>,
     ) -> Result<CredentialSet, ProviderError> {
         let name = request_image(image);
         let registry = name.split('/').next().unwrap_or("").to_string();
@@ -436,7 +448,23 @@ impl Provider {
         if let Some(c) = self.cached(&name, &registry) {
             return Ok(c);
         }
-        let resp = self.exec(&name, timeout).await?;
+        let resp = self.exec(&name, timeout).await;
+        if let Some(m) = metrics {
+            let outcome = match &resp {
+                Ok(_) => "ok",
+                Err(ProviderError::Timeout { .. }) => "timeout",
+                Err(ProviderError::Exit { .. }) => "exit",
+                Err(ProviderError::Spawn { .. }) => "spawn",
+                Err(_) => "bad_response",
+            };
+            m.plugin_runs
+                .get_or_create(&PluginRunLabels {
+                    provider: self.spec.name.clone(),
+                    outcome,
+                })
+                .inc();
+        }
+        let resp = resp?;
         let life = resp
             .cache_duration
             .unwrap_or(self.spec.default_cache_duration);
