@@ -86,6 +86,35 @@ fn benches(c: &mut Criterion) {
             .iter(|| async { black_box(adm.review(&deploy, Mode::Mutate).await.unwrap()) })
     });
 
+    // A Pod with a pull secret, private registry (htpasswd over HTTPS): the secret comes from the
+    // cluster cache (the fake API server of the tests), the digest from the digest cache.
+    let private = Registry::tls_basic("bench", "bench-pa55");
+    let kube = common::fake_kube::FakeKube::start();
+    kube.put_pull_secret("team-a", "regcred", &private.addr, "bench", "bench-pa55");
+    let priv_image = rt.block_on(async {
+        private.pusher().push("private/app", "1.0", Kind::Oci).await;
+        format!("{}/private/app:1.0", private.addr)
+    });
+    let mut pcfg = private.resolver_config();
+    pcfg.cluster = Some(
+        rt.block_on(tagpin::cluster::Cluster::from_kubeconfig(
+            &kube.kubeconfig(),
+            tagpin::cluster::ClusterOptions::default(),
+        ))
+        .unwrap(),
+    );
+    let padm = admitter(pcfg, admission_config());
+    let mut preview = pod_review("bench-secret", &[&priv_image]);
+    preview["request"]["object"]["spec"]["imagePullSecrets"] =
+        serde_json::json!([{"name": "regcred"}]);
+    let pbody = serde_json::to_vec(&preview).unwrap();
+    let warm = rt.block_on(padm.review(&pbody, Mode::Mutate)).unwrap();
+    assert!(warm.response.patch.is_some(), "pinned with the pull secret");
+    g.bench_function("cached_admission_with_pull_secret", |b| {
+        b.to_async(&rt)
+            .iter(|| async { black_box(padm.review(&pbody, Mode::Mutate).await.unwrap()) })
+    });
+
     // `tagpin pin` without the lookups: parse 200 documents, plan, edit line by line, re-parse
     // each edited document to verify it.
     let mut text = String::new();
