@@ -368,7 +368,8 @@ pub fn render(plan: &FilePlan, opts: &Options, results: &HashMap<String, Outcome
             if doc.chunk.is_empty() {
                 // One of several documents sharing a chunk: nothing to change, re-serialize.
                 if let Some(v) = &doc.value {
-                    push_serialized(&mut out, v, "");
+                    let lead = if out.is_empty() { "" } else { "---\n" };
+                    push_serialized(&mut out, v, lead);
                 }
             }
             continue;
@@ -388,7 +389,13 @@ pub fn render(plan: &FilePlan, opts: &Options, results: &HashMap<String, Outcome
                     .next()
                     .filter(|l| l.starts_with("---"))
                     .map(|l| format!("{l}\n"))
-                    .unwrap_or_default();
+                    .unwrap_or_else(|| {
+                        if out.is_empty() {
+                            String::new()
+                        } else {
+                            "---\n".to_string()
+                        }
+                    });
                 if doc.chunk.trim_start().starts_with('{') {
                     // A JSON document stays JSON.
                     out.push_str(&lead);
@@ -915,5 +922,20 @@ mod tests {
             v["metadata"]["annotations"]["tagpin.io/pinned"],
             r#"{"a":"redis:7"}"#
         );
+    }
+
+    #[test]
+    fn documents_sharing_a_chunk_stay_separate_documents() {
+        // `...` ends a document; the next one starts without `---`.
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - {name: a, image: 'redis:7'}\n...\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n";
+        let plan = plan_file(source(text)).unwrap();
+        let r = render(&plan, &opts(Mode::Pin), &results(&[("redis:7", D1)]));
+        let back: Vec<Value> = serde_saphyr::from_multiple(&r.text).unwrap();
+        assert_eq!(back.len(), 2, "{}", r.text);
+        assert_eq!(
+            back[0]["spec"]["containers"][0]["image"],
+            format!("redis@{D1}")
+        );
+        assert_eq!(back[1]["kind"], "ConfigMap");
     }
 }
