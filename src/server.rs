@@ -165,6 +165,8 @@ pub async fn serve(
     };
 
     let ready = Arc::new(AtomicBool::new(false));
+    // Before /readyz turns ready: the first admission should not pay for one-time set-up.
+    crate::reference::warm_up();
     let metrics_listener = tokio::net::TcpListener::bind(cfg.metrics_listen)
         .await
         .map_err(|source| ServeError::Bind {
