@@ -8,13 +8,13 @@
 mod common;
 
 use std::hint::black_box;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 use tagpin::admission::Mode;
 use tagpin::pin;
-use tagpin::reference::ImageRef;
+use tagpin::resolve::{BatchRequest, Budget, ImageOutcome};
 
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
@@ -56,13 +56,17 @@ fn benches(c: &mut Criterion) {
     let mut g = c.benchmark_group("tagpin");
     g.measurement_time(Duration::from_secs(5));
     let adm = admitter(reg.resolver_config(), admission_config());
-    let web = vec![ImageRef::parse(&images[0]).unwrap()];
+    let web = vec![images[0].clone()];
     g.bench_function("cold_lookup_one_image", |b| {
         b.to_async(&rt).iter(|| async {
             adm.resolver.clear_cache();
             let out = adm
                 .resolver
-                .resolve_all(&web, &[], Instant::now(), Duration::from_secs(5), false)
+                .resolve_batch(
+                    &BatchRequest::default(),
+                    &web,
+                    Budget::from_now(Duration::from_secs(5)),
+                )
                 .await;
             black_box(out)
         })
@@ -100,6 +104,7 @@ fn benches(c: &mut Criterion) {
         rt.block_on(tagpin::cluster::Cluster::from_kubeconfig(
             &kube.kubeconfig(),
             tagpin::cluster::ClusterOptions::default(),
+            common::metrics(),
         ))
         .unwrap(),
     );
@@ -124,16 +129,20 @@ fn benches(c: &mut Criterion) {
             "---\n# service {n}\napiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: d{n}\nspec:\n  template:\n    metadata:\n      labels: {{app: d{n}}}\n    spec:\n      containers:\n      - name: c\n        image: {image} # tracked\n"
         ));
     }
-    let distinct: Vec<ImageRef> = images.iter().map(|i| ImageRef::parse(i).unwrap()).collect();
-    let outcomes = rt.block_on(adm.resolver.resolve_all(
-        &distinct,
-        &[],
-        Instant::now(),
-        Duration::from_secs(5),
-        false,
+    let batch = rt.block_on(adm.resolver.resolve_batch(
+        &BatchRequest::default(),
+        &images,
+        Budget::from_now(Duration::from_secs(5)),
     ));
-    let results: std::collections::HashMap<String, _> =
-        images.iter().cloned().zip(outcomes).collect();
+    let results: std::collections::HashMap<String, _> = images
+        .iter()
+        .cloned()
+        .zip(batch.outcomes)
+        .map(|(i, o)| match o {
+            ImageOutcome::Resolved(_, o) => (i, o),
+            other => panic!("{other:?}"),
+        })
+        .collect();
     let opts = pin::Options {
         mode: pin::Mode::Pin,
         keep_tag: false,

@@ -13,8 +13,8 @@ use serde_json::Value;
 
 use crate::metrics::{AdmissionLabels, Metrics, PathLabel};
 use crate::podspec::{self, ImageSite};
-use crate::reference::{ImageRef, ReferenceError};
-use crate::resolve::{dedupe, CredentialRequest, Outcome, Resolver};
+use crate::reference::ImageRef;
+use crate::resolve::{BatchRequest, Budget, CredentialRequest, ImageOutcome, Outcome, Resolver};
 
 /// `/mutate` pins what it can and never blocks; `/enforce` denies what it cannot pin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,11 +106,10 @@ pub fn parse_review(body: &[u8]) -> Result<(String, AdmissionRequest), ReviewErr
     Ok((review.api_version, request))
 }
 
-/// Settings that shape admission answers.
+/// Settings that shape admission answers. (`--skip-prefix` is the resolver's: it classifies.)
 #[derive(Clone, Debug)]
 pub struct AdmissionConfig {
     pub keep_tag: bool,
-    pub skip_prefixes: Vec<String>,
     pub resolve_timeout: Duration,
     pub stale_on_error: bool,
 }
@@ -118,23 +117,22 @@ pub struct AdmissionConfig {
 /// What a request asks of the resolver.
 #[derive(Debug, Default)]
 pub struct Plan {
-    /// Sites to pin, each with its parsed image.
-    pub targets: Vec<(ImageSite, ImageRef)>,
-    /// Sites whose image cannot be parsed: never sent anywhere, reported.
-    pub invalid: Vec<(ImageSite, ReferenceError)>,
+    /// Image sites to consider, in order; the resolver says which are tags, digests, skipped or
+    /// invalid.
+    pub sites: Vec<ImageSite>,
     /// Why nothing is looked at, when that is the case (for the log line).
     pub ignored: Option<&'static str>,
     /// Where the `tagpin.io/pinned` record goes (none for subresource requests, whose metadata
     /// changes the API server drops).
     pub record: Option<podspec::Record>,
-    /// For template UPDATEs, per target: the digest the old object held for this very image (by
+    /// For template UPDATEs, per site: the digest the old object held for this very image (by
     /// its record). Used when the registry is out, so a re-apply during an outage changes nothing
     /// instead of rolling the template back to a tag.
     pub previous: Vec<Option<String>>,
 }
 
-/// Which images of the request need resolving. Pure.
-pub fn plan(req: &AdmissionRequest, cfg: &AdmissionConfig) -> Plan {
+/// Which image sites of the request to consider. Pure.
+pub fn plan(req: &AdmissionRequest) -> Plan {
     let ignore = |why| Plan {
         ignored: Some(why),
         ..Plan::default()
@@ -183,28 +181,12 @@ pub fn plan(req: &AdmissionRequest, cfg: &AdmissionConfig) -> Plan {
         (written == site.image && ImageRef::parse(written).ok()?.written_repository() == repo)
             .then(|| before.to_string())
     };
-    let mut p = Plan {
+    Plan {
+        previous: sites.iter().map(previous_of).collect(),
+        sites,
         record,
-        ..Plan::default()
-    };
-    for site in sites {
-        if cfg
-            .skip_prefixes
-            .iter()
-            .any(|pre| site.image.starts_with(pre.as_str()))
-        {
-            continue;
-        }
-        match ImageRef::parse(&site.image) {
-            Ok(r) => {
-                p.previous.push(previous_of(&site));
-                p.targets.push((site, r));
-            }
-            Err(ReferenceError::HasDigest { .. }) => {}
-            Err(e) => p.invalid.push((site, e)),
-        }
+        ignored: None,
     }
-    p
 }
 
 /// The decision for one request. Pure.
@@ -219,13 +201,22 @@ pub struct Decision {
     pub left: usize,
 }
 
-/// Combines a plan with the resolver's outcomes (one per `plan.targets` entry, in order).
-pub fn decide(plan: &Plan, outcomes: &[Outcome], mode: Mode, keep_tag: bool) -> Decision {
+/// Combines a plan with the resolver's outcomes (one per `plan.sites` entry, in order). Pure.
+pub fn decide(plan: &Plan, outcomes: &[ImageOutcome], mode: Mode, keep_tag: bool) -> Decision {
     let mut pins: Vec<(&ImageSite, String)> = Vec::new();
     let mut warnings = Vec::new();
     let mut failures = Vec::new();
-    for (i, ((site, image), outcome)) in plan.targets.iter().zip(outcomes).enumerate() {
+    let mut invalid = Vec::new();
+    for (i, (site, outcome)) in plan.sites.iter().zip(outcomes).enumerate() {
         let previous = plan.previous.get(i).and_then(Option::as_ref);
+        let (image, outcome) = match outcome {
+            ImageOutcome::Skipped | ImageOutcome::HasDigest => continue,
+            ImageOutcome::Invalid(e) => {
+                invalid.push((format!("{} ({})", site.image, site.label), e.to_string()));
+                continue;
+            }
+            ImageOutcome::Resolved(image, outcome) => (image, outcome),
+        };
         match outcome {
             Outcome::Pinned(d) => pins.push((site, image.pinned(d, keep_tag))),
             Outcome::Stale { digest, error } => {
@@ -245,9 +236,7 @@ pub fn decide(plan: &Plan, outcomes: &[Outcome], mode: Mode, keep_tag: bool) -> 
             },
         }
     }
-    for (site, e) in &plan.invalid {
-        failures.push((format!("{} ({})", site.image, site.label), e.to_string()));
-    }
+    failures.extend(invalid);
     let left = failures.len();
     let pinned = pins.len();
     let record_ops = match &plan.record {
@@ -287,6 +276,20 @@ pub fn decide(plan: &Plan, outcomes: &[Outcome], mode: Mode, keep_tag: bool) -> 
                 pinned,
                 left,
             }
+        }
+    }
+}
+
+impl Decision {
+    /// The outcome label of the log line and the admissions metric. Pure.
+    pub fn outcome(&self, ignored: Option<&str>) -> &'static str {
+        match (ignored, self.allowed, self.pinned, self.left) {
+            (Some(_), ..) => "ignored",
+            (_, false, ..) => "denied",
+            (_, _, 0, 0) => "unchanged",
+            (_, _, _, 0) => "pinned",
+            (_, _, 0, _) => "unpinned",
+            _ => "partial",
         }
     }
 }
@@ -414,61 +417,9 @@ impl Admitter {
                 return Err(e);
             }
         };
-        let plan = plan(&req, &self.config);
-        let (distinct, index) = dedupe(
-            &plan
-                .targets
-                .iter()
-                .map(|(_, r)| r.clone())
-                .collect::<Vec<_>>(),
-        );
-        let mut credential_warnings = Vec::new();
-        let outcomes = if distinct.is_empty() {
-            Vec::new()
-        } else {
-            let allow_stale = self.config.stale_on_error && mode == Mode::Mutate;
-            let gathered = self
-                .resolver
-                .gather_credentials(
-                    &credential_request(&req),
-                    &distinct,
-                    started + self.config.resolve_timeout,
-                )
-                .await;
-            for w in &gathered.warnings {
-                tracing::warn!(uid = %req.uid, warning = %w, "credential source skipped");
-            }
-            credential_warnings = gathered.warnings;
-            let resolved = self
-                .resolver
-                .resolve_all(
-                    &distinct,
-                    &gathered.sets,
-                    started,
-                    self.config.resolve_timeout,
-                    allow_stale,
-                )
-                .await;
-            index.iter().map(|&i| resolved[i].clone()).collect()
-        };
-        let mut decision = decide(&plan, &outcomes, mode, self.config.keep_tag);
-        decision.warnings.splice(
-            0..0,
-            credential_warnings.into_iter().map(|w| truncate(w, 512)),
-        );
-        let outcome = match (
-            &plan.ignored,
-            decision.allowed,
-            decision.pinned,
-            decision.left,
-        ) {
-            (Some(_), ..) => "ignored",
-            (_, false, ..) => "denied",
-            (_, _, 0, 0) => "unchanged",
-            (_, _, _, 0) => "pinned",
-            (_, _, 0, _) => "unpinned",
-            _ => "partial",
-        };
+        let plan = plan(&req);
+        let decision = self.resolve_and_decide(&req, &plan, mode, started).await;
+        let outcome = decision.outcome(plan.ignored);
         self.count(path, outcome, started);
         let name = request_name(&req);
         tracing::info!(
@@ -490,6 +441,38 @@ impl Admitter {
         Ok(response(api_version, req.uid, &decision))
     }
 
+    /// Resolves the plan's sites with the request's credentials and decides. Credential
+    /// warnings come first.
+    async fn resolve_and_decide(
+        &self,
+        req: &AdmissionRequest,
+        plan: &Plan,
+        mode: Mode,
+        started: Instant,
+    ) -> Decision {
+        let images: Vec<&str> = plan.sites.iter().map(|s| s.image.as_str()).collect();
+        let batch_req = BatchRequest {
+            credentials: credential_request(req),
+            allow_stale: self.config.stale_on_error && mode == Mode::Mutate,
+            progress: None,
+        };
+        let budget = Budget {
+            started,
+            timeout: self.config.resolve_timeout,
+        };
+        let batch = self
+            .resolver
+            .resolve_batch(&batch_req, &images, budget)
+            .await;
+        let mut decision = decide(plan, &batch.outcomes, mode, self.config.keep_tag);
+        for w in &batch.warnings {
+            tracing::warn!(uid = %req.uid, warning = %w, "credential source skipped");
+        }
+        let credential = batch.warnings.into_iter().map(|w| truncate(w, 512));
+        decision.warnings.splice(0..0, credential);
+        decision
+    }
+
     fn count(&self, path: &'static str, outcome: &'static str, started: Instant) {
         self.metrics
             .admissions
@@ -506,18 +489,47 @@ impl Admitter {
 mod tests {
     use super::*;
     use crate::reference::Digest;
-    use crate::resolve::LookupError;
+    use crate::resolve::{classify, Class, LookupError};
     use serde_json::json;
 
     const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
-    fn cfg() -> AdmissionConfig {
-        AdmissionConfig {
-            keep_tag: false,
-            skip_prefixes: vec!["kind.local/".into()],
-            resolve_timeout: Duration::from_secs(5),
-            stale_on_error: true,
-        }
+    /// The skip prefixes the resolver classifies with in these tests.
+    fn cfg() -> Vec<String> {
+        vec!["kind.local/".into()]
+    }
+
+    /// The pure steps as the webhook runs them: plan (then the resolver classifies each site).
+    fn plan(req: &AdmissionRequest, _skip: &[String]) -> Plan {
+        super::plan(req)
+    }
+
+    fn class(site: &ImageSite) -> Class {
+        classify(&site.image, &cfg())
+    }
+
+    /// `outcomes` stand for the resolver's answers for the plan's tags, in order; the other
+    /// sites get their class (skipped, digest, invalid) as `resolve_batch` gives it.
+    fn decide(p: &Plan, outcomes: &[Outcome], mode: Mode, keep_tag: bool) -> Decision {
+        let mut given = outcomes.iter();
+        let all: Vec<ImageOutcome> = p
+            .sites
+            .iter()
+            .map(|s| match class(s) {
+                Class::Skipped => ImageOutcome::Skipped,
+                Class::HasDigest => ImageOutcome::HasDigest,
+                Class::Invalid(e) => ImageOutcome::Invalid(e),
+                Class::Tag(r) => ImageOutcome::Resolved(r, given.next().unwrap().clone()),
+            })
+            .collect();
+        super::decide(p, &all, mode, keep_tag)
+    }
+
+    fn invalid(p: &Plan) -> usize {
+        p.sites
+            .iter()
+            .filter(|s| matches!(class(s), Class::Invalid(_)))
+            .count()
     }
 
     fn req(op: &str, sub: Option<&str>, object: Value, old: Option<Value>) -> AdmissionRequest {
@@ -547,8 +559,13 @@ mod tests {
         json!({"metadata": {"name": "p"}, "spec": {"containers": cs}})
     }
 
+    /// The plan's sites the resolver would look up.
     fn images(p: &Plan) -> Vec<&str> {
-        p.targets.iter().map(|(s, _)| s.image.as_str()).collect()
+        p.sites
+            .iter()
+            .filter(|s| matches!(class(s), Class::Tag(_)))
+            .map(|s| s.image.as_str())
+            .collect()
     }
 
     #[test]
@@ -562,7 +579,7 @@ mod tests {
         ]);
         let p = plan(&req("CREATE", None, obj, None), &cfg());
         assert_eq!(images(&p), vec!["nginx:1", "nginx:1"]);
-        assert_eq!(p.invalid.len(), 1);
+        assert_eq!(invalid(&p), 1);
         assert!(p.ignored.is_none());
     }
 

@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::admission::AdmissionConfig;
 use crate::cluster::ClusterOptions;
+use crate::metrics::Metrics;
 use crate::resolve::credentials::{CredentialError, CredentialSet};
 use crate::resolve::provider::{ProviderError, Providers};
 use crate::resolve::registry::RegistryOptions;
@@ -237,7 +238,11 @@ pub enum ConfigError {
 }
 
 impl RegistryArgs {
-    pub fn resolver_config(&self) -> Result<ResolverConfig, ConfigError> {
+    /// The resolver's settings; plugins count their runs in `metrics`.
+    pub fn resolver_config(
+        &self,
+        metrics: &std::sync::Arc<Metrics>,
+    ) -> Result<ResolverConfig, ConfigError> {
         let docker_config = match &self.docker_config {
             Some(p) => CredentialSet::from_docker_config_file(p)?,
             None => CredentialSet::default(),
@@ -257,6 +262,7 @@ impl RegistryArgs {
                 cfg,
                 dir,
                 self.image_credential_provider_timeout,
+                metrics.clone(),
             )?)),
             _ => None,
         };
@@ -268,6 +274,7 @@ impl RegistryArgs {
                 request_timeout: self.lookup_timeout,
             },
             docker_config,
+            skip_prefixes: self.skip_prefix.clone(),
             cache_ttl: self.cache_ttl,
             cache_capacity: self.cache_capacity,
             stale_ttl: (!self.no_stale_on_error).then_some(self.stale_ttl),
@@ -282,7 +289,6 @@ impl RegistryArgs {
     pub fn admission_config(&self) -> AdmissionConfig {
         AdmissionConfig {
             keep_tag: self.keep_tag,
-            skip_prefixes: self.skip_prefix.clone(),
             resolve_timeout: self.resolve_timeout,
             stale_on_error: !self.no_stale_on_error,
         }
@@ -336,7 +342,10 @@ mod tests {
         assert_eq!(s.registry.insecure_registry, vec!["a:5000", "b"]);
         assert_eq!(s.registry.cache_ttl, Duration::from_secs(120));
         assert_eq!(s.registry.resolve_timeout, Duration::from_secs(5));
-        let rc = s.registry.resolver_config().unwrap();
+        let rc = s
+            .registry
+            .resolver_config(&std::sync::Arc::new(Metrics::new()))
+            .unwrap();
         assert_eq!(rc.stale_ttl, Some(Duration::from_secs(86_400)));
     }
 

@@ -1,20 +1,19 @@
-//! The Kubernetes side of credentials: pull secrets and service accounts, read with `get` only
-//! (no list, no watch), each read bounded by a timeout and cached briefly, so a burst of pods
-//! from one workload costs one read per object. A missing or forbidden object is an answer
-//! (cached, briefly), not an error; timeouts and server failures are not cached.
+//! Kubernetes reads: pull secrets and service accounts, with `get` only (no list, no watch), each
+//! bounded by a timeout and counted in `tagpin_kube_reads_total`. A missing or forbidden object is
+//! an answer ([`Fetched`]), not an error.
 //!
-//! [`pull_secret_names`] and [`service_account_name`] are pure; [`Cluster`] does the reads.
+//! This module returns raw data: what a secret means as registry credentials is decided in
+//! `resolve/credentials.rs`, and the caching of reads lives with the resolver
+//! (`resolve/sources.rs`), so imports run one way only (resolve → cluster).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
-use moka::future::Cache;
-use serde_json::Value;
 
 use crate::metrics::{KubeReadLabels, Metrics};
-use crate::resolve::credentials::CredentialSet;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
@@ -48,42 +47,23 @@ pub enum Fetched<T> {
     Unusable(String),
 }
 
-/// The secret names in a pod spec's `imagePullSecrets`, in order, duplicates and empty names
-/// dropped. Pure.
-pub fn pull_secret_names(pod_spec: &Value) -> Vec<String> {
-    let mut out: Vec<String> = Vec::new();
-    for r in pod_spec
-        .get("imagePullSecrets")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        if let Some(n) = r
-            .get("name")
-            .and_then(Value::as_str)
-            .filter(|n| !n.is_empty())
-        {
-            if !out.iter().any(|o| o == n) {
-                out.push(n.to_string());
-            }
+impl<T> Fetched<T> {
+    /// The same answer with the found value turned into another.
+    pub fn map_found<U>(self, f: impl FnOnce(T) -> U) -> Fetched<U> {
+        match self {
+            Fetched::Found(v) => Fetched::Found(f(v)),
+            Fetched::NotFound => Fetched::NotFound,
+            Fetched::Forbidden => Fetched::Forbidden,
+            Fetched::Unusable(m) => Fetched::Unusable(m),
         }
     }
-    out
 }
 
-/// The service account a pod spec runs as: `serviceAccountName`, else the deprecated
-/// `serviceAccount`, else `default`. Pure.
-pub fn service_account_name(pod_spec: &Value) -> String {
-    ["serviceAccountName", "serviceAccount"]
-        .iter()
-        .find_map(|f| {
-            pod_spec
-                .get(f)
-                .and_then(Value::as_str)
-                .filter(|s| !s.is_empty())
-        })
-        .unwrap_or("default")
-        .to_string()
+/// A secret as the API returns it: its `type` and its `data` (values base64-decoded).
+#[derive(Clone, Debug, Default)]
+pub struct RawSecret {
+    pub type_: String,
+    pub data: BTreeMap<String, Vec<u8>>,
 }
 
 #[derive(Clone, Debug)]
@@ -106,43 +86,29 @@ impl Default for ClusterOptions {
     }
 }
 
-type Key = (String, String);
-
-struct Ttl {
-    found: Duration,
-    negative: Duration,
-}
-
-impl<T> moka::Expiry<Key, Fetched<T>> for Ttl {
-    fn expire_after_create(&self, _: &Key, v: &Fetched<T>, _: Instant) -> Option<Duration> {
-        Some(match v {
-            Fetched::Found(_) => self.found,
-            _ => self.negative.min(self.found),
-        })
-    }
-}
-
-/// A Kubernetes client with short caches for the two kinds tagpin reads. Cheap to clone.
+/// A Kubernetes client for the two kinds tagpin reads. Cheap to clone.
 #[derive(Clone)]
 pub struct Cluster {
     client: kube::Client,
-    metrics: Arc<std::sync::OnceLock<Arc<Metrics>>>,
-    timeout: Duration,
-    secrets: Cache<Key, Fetched<CredentialSet>>,
-    accounts: Cache<Key, Fetched<Arc<Vec<String>>>>,
+    metrics: Arc<Metrics>,
+    opts: ClusterOptions,
 }
 
 impl std::fmt::Debug for Cluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Cluster")
-            .field("timeout", &self.timeout)
+            .field("opts", &self.opts)
             .finish_non_exhaustive()
     }
 }
 
 impl Cluster {
     /// A client from a kubeconfig file (its current context).
-    pub async fn from_kubeconfig(path: &Path, opts: ClusterOptions) -> Result<Self, ClusterError> {
+    pub async fn from_kubeconfig(
+        path: &Path,
+        opts: ClusterOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ClusterError> {
         // Only the first line: parse errors go on to quote the file, which holds credentials.
         let bad = |reason: String| ClusterError::Kubeconfig {
             path: path.to_path_buf(),
@@ -152,24 +118,28 @@ impl Cluster {
         let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
             .map_err(|e| bad(e.to_string()))?;
-        Self::from_config(config, opts)
+        Self::from_config(config, opts, metrics)
     }
 
     /// A client from the pod's service account, when running in a cluster; `Ok(None)` when not
     /// in one (no `KUBERNETES_SERVICE_HOST` or no token file).
-    pub fn in_cluster(opts: ClusterOptions) -> Result<Option<Self>, ClusterError> {
+    pub fn in_cluster(
+        opts: ClusterOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<Option<Self>, ClusterError> {
         let token = Path::new("/var/run/secrets/kubernetes.io/serviceaccount/token");
         if std::env::var_os("KUBERNETES_SERVICE_HOST").is_none() || !token.exists() {
             return Ok(None);
         }
         let config =
             kube::Config::incluster().map_err(|e| ClusterError::InCluster(e.to_string()))?;
-        Self::from_config(config, opts).map(Some)
+        Self::from_config(config, opts, metrics).map(Some)
     }
 
     pub fn from_config(
         mut config: kube::Config,
         opts: ClusterOptions,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, ClusterError> {
         config.read_timeout = Some(opts.timeout);
         config.connect_timeout = Some(opts.timeout);
@@ -177,10 +147,8 @@ impl Cluster {
             kube::Client::try_from(config).map_err(|e| ClusterError::Client(e.to_string()))?;
         Ok(Self {
             client,
-            metrics: Arc::default(),
-            timeout: opts.timeout,
-            secrets: cache("pull-secrets", &opts),
-            accounts: cache("service-accounts", &opts),
+            metrics,
+            opts,
         })
     }
 
@@ -192,17 +160,18 @@ impl Cluster {
         no_kube: bool,
         kubeconfig: Option<&Path>,
         opts: ClusterOptions,
+        metrics: Arc<Metrics>,
     ) -> Result<Option<Self>, ClusterError> {
         if no_kube {
             tracing::info!("--no-kube: pull secrets and service accounts are not read");
             return Ok(None);
         }
         if let Some(path) = kubeconfig {
-            let c = Self::from_kubeconfig(path, opts).await?;
+            let c = Self::from_kubeconfig(path, opts, metrics).await?;
             tracing::info!(kubeconfig = %path.display(), "reading pull secrets and service accounts through the kubeconfig");
             return Ok(Some(c));
         }
-        match Self::in_cluster(opts) {
+        match Self::in_cluster(opts, metrics) {
             Ok(Some(c)) => {
                 tracing::info!(
                     "reading pull secrets and service accounts with the in-cluster service account"
@@ -220,42 +189,30 @@ impl Cluster {
         }
     }
 
-    /// The credentials in pull secret `namespace/name`. Concurrent callers share one read.
+    /// How long found and missing objects may be reused (the resolver caches reads).
+    pub fn options(&self) -> &ClusterOptions {
+        &self.opts
+    }
+
+    /// Pull secret `namespace/name`, raw.
     pub async fn secret(
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<Fetched<CredentialSet>, ReadError> {
-        let key = (namespace.to_string(), name.to_string());
-        let this = self.clone();
-        self.secrets
-            .try_get_with(key, async move {
-                let api = kube::Api::<Secret>::namespaced(this.client.clone(), namespace);
-                Ok(match this.read("secret", api.get_opt(name)).await? {
-                    Fetched::Found(s) => {
-                        let id = format!("{namespace}/{name}");
-                        let data = s
-                            .data
-                            .unwrap_or_default()
-                            .into_iter()
-                            .map(|(k, v)| (k, v.0))
-                            .collect();
-                        match CredentialSet::from_secret(
-                            &id,
-                            s.type_.as_deref().unwrap_or(""),
-                            &data,
-                        ) {
-                            Ok(set) => Fetched::Found(set),
-                            Err(e) => Fetched::Unusable(e.to_string()),
-                        }
-                    }
-                    Fetched::NotFound => Fetched::NotFound,
-                    Fetched::Forbidden => Fetched::Forbidden,
-                    Fetched::Unusable(m) => Fetched::Unusable(m),
-                })
-            })
-            .await
-            .map_err(|e: Arc<ReadError>| ReadError::clone(&e))
+    ) -> Result<Fetched<RawSecret>, ReadError> {
+        let api = kube::Api::<Secret>::namespaced(self.client.clone(), namespace);
+        Ok(self
+            .read("secret", api.get_opt(name))
+            .await?
+            .map_found(|s| RawSecret {
+                type_: s.type_.unwrap_or_default(),
+                data: s
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.0))
+                    .collect(),
+            }))
     }
 
     /// The `imagePullSecrets` names of service account `namespace/name`.
@@ -263,35 +220,19 @@ impl Cluster {
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<Fetched<Arc<Vec<String>>>, ReadError> {
-        let key = (namespace.to_string(), name.to_string());
-        let this = self.clone();
-        self.accounts
-            .try_get_with(key, async move {
-                let api = kube::Api::<ServiceAccount>::namespaced(this.client.clone(), namespace);
-                Ok(
-                    match this.read("serviceaccount", api.get_opt(name)).await? {
-                        Fetched::Found(sa) => Fetched::Found(Arc::new(
-                            sa.image_pull_secrets
-                                .unwrap_or_default()
-                                .into_iter()
-                                .map(|r| r.name)
-                                .filter(|n| !n.is_empty())
-                                .collect(),
-                        )),
-                        Fetched::NotFound => Fetched::NotFound,
-                        Fetched::Forbidden => Fetched::Forbidden,
-                        Fetched::Unusable(m) => Fetched::Unusable(m),
-                    },
-                )
-            })
-            .await
-            .map_err(|e: Arc<ReadError>| ReadError::clone(&e))
-    }
-
-    /// Counts reads in `tagpin_kube_reads_total` from now on (the resolver attaches its metrics).
-    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
-        let _ = self.metrics.set(metrics);
+    ) -> Result<Fetched<Vec<String>>, ReadError> {
+        let api = kube::Api::<ServiceAccount>::namespaced(self.client.clone(), namespace);
+        Ok(self
+            .read("serviceaccount", api.get_opt(name))
+            .await?
+            .map_found(|sa| {
+                sa.image_pull_secrets
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|r| r.name)
+                    .filter(|n| !n.is_empty())
+                    .collect()
+            }))
     }
 
     async fn read<T>(
@@ -300,19 +241,18 @@ impl Cluster {
         get: impl std::future::Future<Output = kube::Result<Option<T>>>,
     ) -> Result<Fetched<T>, ReadError> {
         let result = self.read_uncounted(get).await;
-        if let Some(m) = self.metrics.get() {
-            let outcome = match &result {
-                Ok(Fetched::Found(_)) => "found",
-                Ok(Fetched::NotFound) => "not_found",
-                Ok(Fetched::Forbidden) => "forbidden",
-                Ok(Fetched::Unusable(_)) => "found",
-                Err(ReadError::Timeout { .. }) => "timeout",
-                Err(_) => "error",
-            };
-            m.kube_reads
-                .get_or_create(&KubeReadLabels { kind, outcome })
-                .inc();
-        }
+        let outcome = match &result {
+            Ok(Fetched::Found(_)) => "found",
+            Ok(Fetched::NotFound) => "not_found",
+            Ok(Fetched::Forbidden) => "forbidden",
+            Ok(Fetched::Unusable(_)) => "found",
+            Err(ReadError::Timeout { .. }) => "timeout",
+            Err(_) => "error",
+        };
+        self.metrics
+            .kube_reads
+            .get_or_create(&KubeReadLabels { kind, outcome })
+            .inc();
         result
     }
 
@@ -320,9 +260,9 @@ impl Cluster {
         &self,
         get: impl std::future::Future<Output = kube::Result<Option<T>>>,
     ) -> Result<Fetched<T>, ReadError> {
-        match tokio::time::timeout(self.timeout, get).await {
+        match tokio::time::timeout(self.opts.timeout, get).await {
             Err(_) => Err(ReadError::Timeout {
-                after: self.timeout,
+                after: self.opts.timeout,
             }),
             Ok(Ok(Some(v))) => Ok(Fetched::Found(v)),
             Ok(Ok(None)) => Ok(Fetched::NotFound),
@@ -333,56 +273,5 @@ impl Cluster {
             }),
             Ok(Err(e)) => Err(ReadError::Transport(e.to_string())),
         }
-    }
-
-    /// Drops every cached object (tests measure cold paths with it).
-    pub fn clear_cache(&self) {
-        self.secrets.invalidate_all();
-        self.accounts.invalidate_all();
-    }
-}
-
-fn cache<T: Clone + Send + Sync + 'static>(
-    name: &str,
-    opts: &ClusterOptions,
-) -> Cache<Key, Fetched<T>> {
-    Cache::builder()
-        .name(name)
-        .max_capacity(10_000)
-        .expire_after(Ttl {
-            found: opts.cache_ttl,
-            negative: opts.negative_ttl,
-        })
-        .build()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn pull_secret_names_in_order_without_duplicates() {
-        let spec = json!({"imagePullSecrets": [{"name": "a"}, {"name": ""}, {}, {"name": "b"}, {"name": "a"}, "junk"]});
-        assert_eq!(pull_secret_names(&spec), vec!["a", "b"]);
-        assert!(pull_secret_names(&json!({})).is_empty());
-        assert!(pull_secret_names(&json!({"imagePullSecrets": "x"})).is_empty());
-    }
-
-    #[test]
-    fn service_account_defaults() {
-        assert_eq!(service_account_name(&json!({})), "default");
-        assert_eq!(
-            service_account_name(&json!({"serviceAccountName": ""})),
-            "default"
-        );
-        assert_eq!(
-            service_account_name(&json!({"serviceAccount": "old"})),
-            "old"
-        );
-        assert_eq!(
-            service_account_name(&json!({"serviceAccountName": "new", "serviceAccount": "old"})),
-            "new"
-        );
     }
 }

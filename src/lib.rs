@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod cli;
 pub mod cluster;
+pub mod commands;
 pub mod metrics;
 pub mod pin;
 pub mod podspec;

@@ -2,15 +2,13 @@
 
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Instant;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use tagpin::admission::{AdmissionConfig, Admitter};
+use tagpin::admission::Admitter;
 use tagpin::cli::{Cli, Command, LogFormat, PinArgs, RegistryArgs, ResolveArgs};
 use tagpin::metrics::Metrics;
-use tagpin::reference::{ImageRef, ReferenceError};
-use tagpin::resolve::{dedupe, Outcome, Resolver};
+use tagpin::resolve::Resolver;
 
 fn main() -> ExitCode {
     tagpin::install_crypto_provider();
@@ -65,35 +63,34 @@ fn init_logging(args: &RegistryArgs) {
     }
 }
 
+/// The admitter: metrics first, then the resolver that records into them.
 fn build(
     args: &RegistryArgs,
+    metrics: Arc<Metrics>,
     cluster: Option<tagpin::cluster::Cluster>,
-) -> anyhow::Result<(Admitter, Arc<Metrics>)> {
-    let metrics = Arc::new(Metrics::new());
-    let mut rc = args.resolver_config()?;
+) -> anyhow::Result<Admitter> {
+    let mut rc = args.resolver_config(&metrics)?;
     rc.cluster = cluster;
     let resolver =
         Resolver::new(rc, metrics.clone()).context("cannot set up the registry client")?;
-    let config: AdmissionConfig = args.admission_config();
-    Ok((
-        Admitter {
-            resolver,
-            config: Arc::new(config),
-            metrics: metrics.clone(),
-        },
+    Ok(Admitter {
+        resolver,
+        config: Arc::new(args.admission_config()),
         metrics,
-    ))
+    })
 }
 
 async fn serve(args: tagpin::cli::ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.registry);
+    let metrics = Arc::new(Metrics::new());
     let cluster = tagpin::cluster::Cluster::for_serve(
         args.registry.no_kube,
         args.kubeconfig.as_deref(),
         args.cluster_options(),
+        metrics.clone(),
     )
     .await?;
-    let (admitter, metrics) = build(&args.registry, cluster)?;
+    let admitter = build(&args.registry, metrics.clone(), cluster)?;
     tagpin::server::serve(args.serve_config(), admitter, metrics, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -117,71 +114,20 @@ async fn shutdown_signal() {
 
 async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.registry);
-    let (admitter, _) = build(&args.registry, None)?;
-    let cfg = &admitter.config;
-    let mut lines: Vec<Result<String, String>> = Vec::with_capacity(args.images.len());
-    let mut targets = Vec::new();
-    for image in &args.images {
-        if cfg
-            .skip_prefixes
-            .iter()
-            .any(|p| image.starts_with(p.as_str()))
-        {
-            lines.push(Ok(image.clone()));
-            continue;
-        }
-        match ImageRef::parse(image) {
-            Ok(r) => {
-                targets.push((lines.len(), r));
-                lines.push(Ok(String::new()));
-            }
-            Err(ReferenceError::HasDigest { .. }) => lines.push(Ok(image.clone())),
-            Err(e) => lines.push(Err(e.to_string())),
-        }
-    }
-    let refs: Vec<ImageRef> = targets.iter().map(|(_, r)| r.clone()).collect();
-    let (distinct, index) = dedupe(&refs);
-    let started = Instant::now();
-    let gathered = admitter
-        .resolver
-        .gather_credentials(
-            &Default::default(),
-            &distinct,
-            started + cfg.resolve_timeout,
-        )
-        .await;
-    for w in &gathered.warnings {
+    let adm = build(&args.registry, Arc::new(Metrics::new()), None)?;
+    let r = &args.registry;
+    let report =
+        tagpin::commands::resolve(&adm.resolver, &args.images, r.keep_tag, r.resolve_timeout).await;
+    for w in &report.warnings {
         eprintln!("{w}");
     }
-    let outcomes = admitter
-        .resolver
-        .resolve_all(
-            &distinct,
-            &gathered.sets,
-            started,
-            cfg.resolve_timeout,
-            false,
-        )
-        .await;
-    for ((line, image), &i) in targets.iter().zip(&index) {
-        lines[*line] = match &outcomes[i] {
-            Outcome::Pinned(d) | Outcome::Stale { digest: d, .. } => {
-                Ok(image.pinned(d, cfg.keep_tag))
-            }
-            Outcome::Failed(e) => Err(format!("{image}: {e}")),
-        };
-    }
-    let mut failed = false;
-    for (input, line) in args.images.iter().zip(lines) {
+    for (input, line) in args.images.iter().zip(&report.lines) {
         match line {
             Ok(pinned) => println!("{input} {pinned}"),
-            Err(e) => {
-                failed = true;
-                eprintln!("tagpin: cannot pin {e}");
-            }
+            Err(e) => eprintln!("tagpin: cannot pin {e}"),
         }
     }
-    Ok(if failed {
+    Ok(if report.failed() {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -199,7 +145,7 @@ async fn pin(args: PinArgs) -> anyhow::Result<ExitCode> {
     };
     // Files carry no namespace: pull secrets do not apply; credential plugins and
     // --docker-config do.
-    let (admitter, _) = build(&args.registry, None)?;
+    let admitter = build(&args.registry, Arc::new(Metrics::new()), None)?;
     match tagpin::pin::run(sources, &admitter.resolver, &args.options(), &args.output()).await {
         Ok(report) if report.problems == 0 => Ok(ExitCode::SUCCESS),
         Ok(_) => Ok(ExitCode::FAILURE),

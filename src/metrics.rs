@@ -50,6 +50,10 @@ type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 pub struct Metrics {
     registry: Registry,
+    /// The registry hosts that have a label value of their own; every other host is `other`.
+    /// One set for every metric, bounded: hosts come from pod specs.
+    registry_labels: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
+    max_registry_labels: usize,
     pub admissions: Family<AdmissionLabels, Counter>,
     pub admission_seconds: HistogramFamily<PathLabel>,
     pub lookups: Family<LookupLabels, Counter>,
@@ -78,8 +82,31 @@ impl Default for Metrics {
     }
 }
 
+/// Registry label values per process by default (`--metrics-max-registries`).
+pub const DEFAULT_MAX_REGISTRY_LABELS: usize = 64;
+
 impl Metrics {
     pub fn new() -> Self {
+        Self::with_max_registries(DEFAULT_MAX_REGISTRY_LABELS)
+    }
+
+    /// The `registry` label value for `host`: the host itself for the first `max` hosts seen,
+    /// `other` after that.
+    pub fn registry_label(&self, host: &str) -> String {
+        let Ok(mut seen) = self.registry_labels.lock() else {
+            return "other".into();
+        };
+        if seen.contains(host) {
+            return host.to_string();
+        }
+        if seen.len() < self.max_registry_labels {
+            seen.insert(host.into());
+            return host.to_string();
+        }
+        "other".into()
+    }
+
+    pub fn with_max_registries(max: usize) -> Self {
         let mut registry = Registry::with_prefix("tagpin");
         let admissions = Family::<AdmissionLabels, Counter>::default();
         registry.register(
@@ -137,6 +164,8 @@ impl Metrics {
         );
         Self {
             registry,
+            registry_labels: Default::default(),
+            max_registry_labels: max,
             admissions,
             admission_seconds,
             lookups,

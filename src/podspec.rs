@@ -304,6 +304,37 @@ pub fn prefix_sites(sites: Vec<ImageSite>, prefix: &PointerBuf) -> Vec<ImageSite
         .collect()
 }
 
+/// The secret names in a pod spec's `imagePullSecrets`, in order, duplicates and empty names
+/// dropped.
+pub fn pull_secret_names(pod_spec: &Value) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let refs = pod_spec.get("imagePullSecrets").and_then(Value::as_array);
+    for r in refs.into_iter().flatten() {
+        let name = r.get("name").and_then(Value::as_str);
+        if let Some(n) = name.filter(|n| !n.is_empty()) {
+            if !out.iter().any(|o| o == n) {
+                out.push(n.to_string());
+            }
+        }
+    }
+    out
+}
+
+/// The service account a pod spec runs as: `serviceAccountName`, else the deprecated
+/// `serviceAccount`, else `default`.
+pub fn service_account_name(pod_spec: &Value) -> String {
+    ["serviceAccountName", "serviceAccount"]
+        .iter()
+        .find_map(|f| {
+            pod_spec
+                .get(f)
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+        })
+        .unwrap_or("default")
+        .to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,6 +603,31 @@ mod tests {
         assert_eq!(
             out["items"][0]["metadata"]["annotations"]["tagpin.io/pinned"],
             r#"{"a":"x:1"}"#
+        );
+    }
+
+    #[test]
+    fn pull_secret_names_in_order_without_duplicates() {
+        let spec = json!({"imagePullSecrets": [{"name": "a"}, {"name": ""}, {}, {"name": "b"}, {"name": "a"}, "junk"]});
+        assert_eq!(pull_secret_names(&spec), vec!["a", "b"]);
+        assert!(pull_secret_names(&json!({})).is_empty());
+        assert!(pull_secret_names(&json!({"imagePullSecrets": "x"})).is_empty());
+    }
+
+    #[test]
+    fn service_account_defaults() {
+        assert_eq!(service_account_name(&json!({})), "default");
+        assert_eq!(
+            service_account_name(&json!({"serviceAccountName": ""})),
+            "default"
+        );
+        assert_eq!(
+            service_account_name(&json!({"serviceAccount": "old"})),
+            "old"
+        );
+        assert_eq!(
+            service_account_name(&json!({"serviceAccountName": "new", "serviceAccount": "old"})),
+            "new"
         );
     }
 }

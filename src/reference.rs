@@ -134,38 +134,76 @@ fn valid_tag(t: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
-/// A content digest in its canonical form (`sha256:<64 lowercase hex>` or `sha512:<128>`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Digest(std::sync::Arc<str>);
+/// A content digest in its canonical form (`sha256:<64 lowercase hex>` or `sha512:<128>`),
+/// held as bytes: 33 bytes for sha256 instead of a 71-character string (the digest cache holds
+/// one per tag, issue "a cache that costs ≤ 400 bytes per tag").
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Digest {
+    Sha256([u8; 32]),
+    /// Rare; boxed so the common case stays small.
+    Sha512(Box<[u8; 64]>),
+}
 
 impl Digest {
     /// Validates a digest string as a registry returns it. Anything else is refused: a digest
     /// written into a pod spec must be exactly what the kubelet will ask for.
     pub fn parse(s: &str) -> Option<Self> {
         let (alg, hex) = s.split_once(':')?;
-        let len = match alg {
-            "sha256" => 64,
-            "sha512" => 128,
-            _ => return None,
-        };
-        let ok = hex.len() == len && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'));
-        ok.then(|| Self(s.into()))
+        if !hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
+            return None;
+        }
+        match alg {
+            "sha256" => {
+                let mut out = [0u8; 32];
+                hex::decode_to_slice(hex, &mut out).ok()?;
+                Some(Self::Sha256(out))
+            }
+            "sha512" => {
+                let mut out = Box::new([0u8; 64]);
+                hex::decode_to_slice(hex, &mut out[..]).ok()?;
+                Some(Self::Sha512(out))
+            }
+            _ => None,
+        }
     }
 
     /// The sha256 digest of exact bytes.
     pub fn sha256_of(bytes: &[u8]) -> Self {
         use sha2::{Digest as _, Sha256};
-        Self(format!("sha256:{}", hex::encode(Sha256::digest(bytes))).into())
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.0
+        Self::Sha256(Sha256::digest(bytes).into())
     }
 }
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        let (alg, bytes): (&str, &[u8]) = match self {
+            Self::Sha256(b) => ("sha256", b),
+            Self::Sha512(b) => ("sha512", &b[..]),
+        };
+        f.write_str(alg)?;
+        f.write_str(":")?;
+        for b in bytes {
+            write!(f, "{b:02x}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest({self})")
+    }
+}
+
+/// Docker Hub answers under several host names; tagpin treats them as one, everywhere (credential
+/// keys, plugin requests). Returns `docker.io` for any of them, else the host lower-cased.
+pub fn canonical_host(host: &str) -> String {
+    let h = host.to_ascii_lowercase();
+    match h.as_str() {
+        "index.docker.io" | "registry-1.docker.io" | "docker.io" | "registry.hub.docker.com" => {
+            "docker.io".to_string()
+        }
+        _ => h,
     }
 }
 
@@ -250,8 +288,13 @@ mod tests {
         assert!(Digest::parse("md5:0123456789abcdef0123456789abcdef").is_none());
         assert!(Digest::parse(&format!("{D}\n")).is_none());
         assert!(Digest::parse("").is_none());
+        assert_eq!(d().to_string(), D);
+        let long = format!("sha512:{}", "ab".repeat(64));
+        assert_eq!(Digest::parse(&long).unwrap().to_string(), long);
+        assert!(Digest::parse(&format!("sha256:{}", "0".repeat(63))).is_none());
+        assert!(std::mem::size_of::<Digest>() <= 40);
         assert_eq!(
-            Digest::sha256_of(b"").as_str(),
+            Digest::sha256_of(b"").to_string(),
             "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
     }

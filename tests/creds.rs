@@ -5,7 +5,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::fake_kube::{secret_path, service_account_path, FakeKube};
 use common::token::TokenServer;
@@ -13,7 +13,7 @@ use common::*;
 use serde_json::{json, Value};
 use tagpin::cluster::{Cluster, ClusterOptions};
 use tagpin::reference::ImageRef;
-use tagpin::resolve::{CredentialRequest, Outcome};
+use tagpin::resolve::{BatchRequest, Budget, CredentialRequest, ImageOutcome, Outcome};
 
 /// A Pod CREATE review in `ns` whose spec lists these pull secrets.
 fn pod_with_secrets(uid: &str, ns: &str, images: &[&str], secrets: &[&str]) -> Value {
@@ -28,9 +28,23 @@ fn pod_with_secrets(uid: &str, ns: &str, images: &[&str], secrets: &[&str]) -> V
 }
 
 async fn cluster(kube: &FakeKube) -> Cluster {
-    Cluster::from_kubeconfig(&kube.kubeconfig(), ClusterOptions::default())
-        .await
-        .unwrap()
+    Cluster::from_kubeconfig(
+        &kube.kubeconfig(),
+        ClusterOptions::default(),
+        common::metrics(),
+    )
+    .await
+    .unwrap()
+}
+
+/// The lookup outcomes of a batch of tags.
+fn outcomes(b: Vec<ImageOutcome>) -> Vec<Outcome> {
+    b.into_iter()
+        .map(|o| match o {
+            ImageOutcome::Resolved(_, o) => o,
+            other => panic!("not a tag: {other:?}"),
+        })
+        .collect()
 }
 
 fn pinned_image(review: &Value, resp: &Value) -> Value {
@@ -250,25 +264,22 @@ async fn a_template_without_pull_secrets_uses_its_service_accounts() {
         let resolver = resolver.clone();
         let image = image.clone();
         async move {
-            let req = CredentialRequest {
-                namespace: Some("team-a"),
-                pod_spec: obj.pointer("/spec/template/spec"),
-                template: true,
+            let req = BatchRequest {
+                credentials: CredentialRequest {
+                    namespace: Some("team-a"),
+                    pod_spec: obj.pointer("/spec/template/spec"),
+                    template: true,
+                },
+                ..BatchRequest::default()
             };
-            let deadline = Instant::now() + Duration::from_secs(5);
-            let g = resolver
-                .gather_credentials(&req, std::slice::from_ref(&image), deadline)
-                .await;
-            let out = resolver
-                .resolve_all(
-                    &[image],
-                    &g.sets,
-                    Instant::now(),
-                    Duration::from_secs(5),
-                    false,
+            let b = resolver
+                .resolve_batch(
+                    &req,
+                    &[image.original()],
+                    Budget::from_now(Duration::from_secs(5)),
                 )
                 .await;
-            (g.warnings, out)
+            (b.warnings, outcomes(b.outcomes))
         }
     };
     let (w, out) = gather(deployment("builder", &[])).await;
@@ -375,23 +386,22 @@ async fn a_burst_of_50_from_one_deployment_costs_one_read_per_object() {
     for _ in 0..50 {
         let (resolver, image, spec) = (resolver.clone(), image.clone(), spec.clone());
         tasks.push(tokio::spawn(async move {
-            let req = CredentialRequest {
-                namespace: Some("team-a"),
-                pod_spec: Some(&spec),
-                template: true,
+            let req = BatchRequest {
+                credentials: CredentialRequest {
+                    namespace: Some("team-a"),
+                    pod_spec: Some(&spec),
+                    template: true,
+                },
+                ..BatchRequest::default()
             };
-            let started = Instant::now();
-            let g = resolver
-                .gather_credentials(
+            let b = resolver
+                .resolve_batch(
                     &req,
-                    std::slice::from_ref(&image),
-                    started + Duration::from_secs(5),
+                    &[image.original()],
+                    Budget::from_now(Duration::from_secs(5)),
                 )
                 .await;
-            let out = resolver
-                .resolve_all(&[image], &g.sets, started, Duration::from_secs(5), false)
-                .await;
-            (g.warnings, out)
+            (b.warnings, outcomes(b.outcomes))
         }));
     }
     for t in tasks {
@@ -430,7 +440,7 @@ async fn a_hung_api_read_is_bounded_by_the_kube_timeout_and_the_rest_resolves() 
         ..ClusterOptions::default()
     };
     cfg.cluster = Some(
-        Cluster::from_kubeconfig(&kube.kubeconfig(), opts)
+        Cluster::from_kubeconfig(&kube.kubeconfig(), opts, common::metrics())
             .await
             .unwrap(),
     );

@@ -4,11 +4,13 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use tagpin::reference::ImageRef;
-use tagpin::resolve::{LookupError, Outcome, Resolver, ResolverConfig};
+use tagpin::resolve::{
+    BatchRequest, Budget, ImageOutcome, LookupError, Outcome, Resolver, ResolverConfig,
+};
 use wiremock::matchers::{header, method, path};
 use wiremock::{Mock, MockServer, Request, ResponseTemplate};
 
@@ -22,16 +24,30 @@ fn resolver(srv: &MockServer, tweak: impl FnOnce(&mut ResolverConfig)) -> Resolv
     Resolver::new(cfg, std::sync::Arc::new(tagpin::metrics::Metrics::new())).unwrap()
 }
 
-async fn resolve(r: &Resolver, image: &str) -> Outcome {
-    let im = ImageRef::parse(image).unwrap();
-    r.resolve_all(&[im], &[], Instant::now(), Duration::from_secs(5), true)
+/// One image through the resolver's entry point (stale digests allowed, as `/mutate` does).
+async fn resolve_with(r: &Resolver, image: &str, timeout: Duration, allow_stale: bool) -> Outcome {
+    let req = BatchRequest {
+        allow_stale,
+        ..BatchRequest::default()
+    };
+    match r
+        .resolve_batch(&req, &[image], Budget::from_now(timeout))
         .await
+        .outcomes
         .remove(0)
+    {
+        ImageOutcome::Resolved(_, o) => o,
+        other => panic!("not a tag: {other:?}"),
+    }
+}
+
+async fn resolve(r: &Resolver, image: &str) -> Outcome {
+    resolve_with(r, image, Duration::from_secs(5), true).await
 }
 
 fn manifest_heads(reqs: &[Request]) -> usize {
     reqs.iter()
-        .filter(|r| r.method.as_str() == "HEAD" && r.url.path().contains("/manifests/"))
+        .filter(|r| r.method.to_string() == "HEAD" && r.url.path().contains("/manifests/"))
         .count()
 }
 
@@ -56,7 +72,7 @@ async fn no_digest_header_means_get_and_hash_the_exact_bytes() {
         .await;
     let r = resolver(&srv, |_| {});
     match resolve(&r, &format!("{}/team/app:1.0", srv.address())).await {
-        Outcome::Pinned(d) => assert_eq!(d.as_str(), sha256(&body)),
+        Outcome::Pinned(d) => assert_eq!(d.to_string(), sha256(&body)),
         other => panic!("{other:?}"),
     }
     for req in srv.received_requests().await.unwrap() {
@@ -212,7 +228,7 @@ async fn bearer_token_flow_and_tokens_are_reused_until_they_expire() {
     let r = resolver(&srv, |c| c.cache_ttl = Duration::from_millis(1));
     for tag in ["1", "2", "3"] {
         match resolve(&r, &format!("{a}/team/app:{tag}")).await {
-            Outcome::Pinned(d) => assert_eq!(d.as_str(), DIGEST),
+            Outcome::Pinned(d) => assert_eq!(d.to_string(), DIGEST),
             other => panic!("{other:?}"),
         }
     }
@@ -272,13 +288,9 @@ async fn a_lookup_that_outlives_the_deadline_finishes_and_fills_the_cache() {
     let r = resolver(&srv, |_| {});
     let image = ImageRef::parse(&format!("{}/slow/app:1", srv.address())).unwrap();
     let short = |r: &Resolver| {
-        let im = vec![image.clone()];
+        let im = image.original().to_string();
         let r = r.clone();
-        async move {
-            r.resolve_all(&im, &[], Instant::now(), Duration::from_millis(300), false)
-                .await
-                .remove(0)
-        }
+        async move { resolve_with(&r, &im, Duration::from_millis(300), false).await }
     };
     match short(&r).await {
         Outcome::Failed(LookupError::Deadline { after, .. }) => {
@@ -289,7 +301,7 @@ async fn a_lookup_that_outlives_the_deadline_finishes_and_fills_the_cache() {
     // The abandoned lookup keeps going and fills the cache: the next admission is a hit.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     match short(&r).await {
-        Outcome::Pinned(d) => assert_eq!(d.as_str(), DIGEST),
+        Outcome::Pinned(d) => assert_eq!(d.to_string(), DIGEST),
         other => panic!("{other:?}"),
     }
     assert_eq!(

@@ -70,7 +70,13 @@ async fn plugin_answers_are_cached_per_cache_key_type() {
         let mut cfg = r1.resolver_config();
         cfg.registry.extra_ca_pem = Some(ca_bundle(&[&r1, &r2]));
         cfg.providers = Some(Arc::new(
-            Providers::load(&config, &plugins.bin_dir(), Duration::from_secs(10)).unwrap(),
+            Providers::load(
+                &config,
+                &plugins.bin_dir(),
+                Duration::from_secs(10),
+                common::metrics(),
+            )
+            .unwrap(),
         ));
         let router = router(admitter(cfg, admission_config()));
         for (i, (image, pinned)) in admissions.iter().enumerate() {
@@ -123,7 +129,13 @@ async fn a_plugin_that_hangs_fails_or_answers_garbage_is_skipped_with_a_warning(
     )
     .unwrap();
     cfg.providers = Some(Arc::new(
-        Providers::load(&config, &plugins.bin_dir(), Duration::from_secs(1)).unwrap(),
+        Providers::load(
+            &config,
+            &plugins.bin_dir(),
+            Duration::from_secs(1),
+            common::metrics(),
+        )
+        .unwrap(),
     ));
     let adm = admitter(cfg, admission_config());
     let router = router(adm.clone());
@@ -146,7 +158,7 @@ async fn a_plugin_that_hangs_fails_or_answers_garbage_is_skipped_with_a_warning(
     );
     assert_eq!(
         w[2],
-        format!("tagpin: credential provider \"fail\" exited with exit status: 3 for {a}/private/app; run it by hand with a CredentialProviderRequest on stdin to see why; resolving without it")
+        format!("tagpin: credential provider \"fail\" exited with exit status: 3 for {a}/private/app: provider failed on purpose; resolving without it")
     );
     for name in ["slow", "badjson", "fail"] {
         assert_eq!(plugins.requests(name).len(), 1, "{name}");
@@ -243,7 +255,13 @@ async fn a_burst_of_50_admissions_runs_the_plugin_once() {
     }]);
     let mut cfg = reg.resolver_config();
     cfg.providers = Some(Arc::new(
-        Providers::load(&config, &plugins.bin_dir(), Duration::from_secs(10)).unwrap(),
+        Providers::load(
+            &config,
+            &plugins.bin_dir(),
+            Duration::from_secs(10),
+            common::metrics(),
+        )
+        .unwrap(),
     ));
     let router = router(admitter(cfg, admission_config()));
     let image = format!("{a}/burst/app:1");
@@ -290,12 +308,22 @@ async fn sources_are_tried_in_the_kubelets_order() {
     )
     .unwrap();
     cfg.providers = Some(Arc::new(
-        Providers::load(&config, &plugins.bin_dir(), Duration::from_secs(10)).unwrap(),
+        Providers::load(
+            &config,
+            &plugins.bin_dir(),
+            Duration::from_secs(10),
+            common::metrics(),
+        )
+        .unwrap(),
     ));
     cfg.cluster = Some(
-        tagpin::cluster::Cluster::from_kubeconfig(&kube.kubeconfig(), Default::default())
-            .await
-            .unwrap(),
+        tagpin::cluster::Cluster::from_kubeconfig(
+            &kube.kubeconfig(),
+            Default::default(),
+            common::metrics(),
+        )
+        .await
+        .unwrap(),
     );
     let router = router(admitter(cfg, admission_config()));
     let image = format!("{a}/private/app:1");

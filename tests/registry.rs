@@ -101,9 +101,9 @@ async fn digests_skip_prefixes_and_duplicates_cost_one_request() {
     let reg = Registry::plain();
     let a = &reg.addr;
     let d = reg.pusher().push("app", "1", Kind::Oci).await;
-    let mut adm = admission_config();
-    adm.skip_prefixes.push(format!("{a}/skipped"));
-    let router = router(admitter(reg.resolver_config(), adm));
+    let mut cfg = reg.resolver_config();
+    cfg.skip_prefixes.push(format!("{a}/skipped"));
+    let router = router(admitter(cfg, admission_config()));
     let pinned = format!("{a}/other@{d}");
     let review = pod_review(
         "dup",

@@ -19,8 +19,7 @@ use serde_json::Value;
 
 use crate::podspec::{self, ImageSite, Record};
 use crate::reference::{ImageRef, ReferenceError};
-use crate::resolve::credentials::CredentialSet;
-use crate::resolve::{Outcome, Resolver};
+use crate::resolve::{BatchRequest, Budget, ImageOutcome, Outcome, Resolver};
 
 /// Input and output problems: nothing is written when one occurs.
 #[derive(Debug, thiserror::Error)]
@@ -341,7 +340,7 @@ pub fn render(plan: &FilePlan, opts: &Options, results: &HashMap<String, Outcome
             },
             Ask::Check { recorded, digest } => match results.get(recorded.original()) {
                 Some(Outcome::Pinned(d) | Outcome::Stale { digest: d, .. })
-                    if d.as_str() != digest =>
+                    if d.to_string() != digest =>
                 {
                     problems.push(format!(
                         "{at}: {} is pinned from {recorded}, which now points to {d}",
@@ -601,37 +600,17 @@ pub enum Output {
     InPlace,
 }
 
-/// Resolves every distinct image of all files concurrently (coalesced and cached by the
-/// resolver), with a progress line on stderr when it takes over a second.
+/// Resolves every distinct image of all files through the resolver's one entry point (deduped,
+/// coalesced and cached there), with a progress line on stderr when it takes over a second.
+/// Files carry no namespace: pull secrets do not apply; credential plugins and
+/// `--docker-config` do. Credential warnings go to stderr.
 async fn resolve(
     resolver: &Resolver,
     images: Vec<ImageRef>,
-    credentials: Vec<CredentialSet>,
     timeout: Duration,
 ) -> HashMap<String, Outcome> {
-    let credentials = Arc::new(credentials);
     let total = images.len();
     let done = Arc::new(AtomicUsize::new(0));
-    let limit = Arc::new(tokio::sync::Semaphore::new(32));
-    let mut tasks = Vec::with_capacity(total);
-    for image in images {
-        let (resolver, done, limit) = (resolver.clone(), done.clone(), limit.clone());
-        let credentials = credentials.clone();
-        tasks.push(tokio::spawn(async move {
-            let _permit = limit.acquire_owned().await;
-            let out = resolver
-                .resolve_all(
-                    std::slice::from_ref(&image),
-                    &credentials,
-                    Instant::now(),
-                    timeout,
-                    false,
-                )
-                .await;
-            done.fetch_add(1, Ordering::Relaxed);
-            (image, out.into_iter().next())
-        }));
-    }
     let progress = {
         let done = done.clone();
         tokio::spawn(async move {
@@ -650,13 +629,30 @@ async fn resolve(
             }
         })
     };
+    let req = BatchRequest {
+        progress: Some(done),
+        ..BatchRequest::default()
+    };
+    let names: Vec<&str> = images.iter().map(ImageRef::original).collect();
+    // A CI run is not an admission: each lookup gets the lookup timeout, however many queue.
+    let rounds = u32::try_from(total.div_ceil(16).max(1)).unwrap_or(u32::MAX);
+    let batch = resolver
+        .resolve_batch(
+            &req,
+            &names,
+            Budget::from_now(timeout.saturating_mul(rounds)),
+        )
+        .await;
+    progress.abort();
+    for w in &batch.warnings {
+        eprintln!("{w}");
+    }
     let mut out = HashMap::with_capacity(total);
-    for t in tasks {
-        if let Ok((image, Some(outcome))) = t.await {
-            out.insert(image.original().to_string(), outcome);
+    for (image, outcome) in images.iter().zip(batch.outcomes) {
+        if let ImageOutcome::Resolved(_, o) = outcome {
+            out.insert(image.original().to_string(), o);
         }
     }
-    progress.abort();
     out
 }
 
@@ -689,18 +685,7 @@ pub async fn run(
             }
         }
     }
-    // Credential-provider plugins (no pull secrets: files have no namespace to read them from).
-    let gathered = resolver
-        .gather_credentials(
-            &Default::default(),
-            &wanted,
-            Instant::now() + opts.lookup_timeout,
-        )
-        .await;
-    for w in &gathered.warnings {
-        eprintln!("{w}");
-    }
-    let results = resolve(resolver, wanted, gathered.sets, opts.lookup_timeout).await;
+    let results = resolve(resolver, wanted, opts.lookup_timeout).await;
     let mut report = Report {
         files: plans.len(),
         documents: plans

@@ -43,7 +43,7 @@ pub enum CredentialError {
 
 /// A JSON error described without the input's text: serde_json quotes offending values, and
 /// those may be passwords.
-fn json_reason(e: &serde_json::Error) -> String {
+pub(crate) fn json_reason(e: &serde_json::Error) -> String {
     let what = match e.classify() {
         serde_json::error::Category::Io => "read error",
         serde_json::error::Category::Syntax => "syntax error",
@@ -85,13 +85,16 @@ pub struct Credential {
     pub secret: Secret,
 }
 
+static ANONYMOUS: std::sync::LazyLock<Credential> = std::sync::LazyLock::new(|| Credential {
+    id: "anonymous".into(),
+    source: "anonymous".into(),
+    secret: Secret::Anonymous,
+});
+
 impl Credential {
+    /// No credential. Every call shares one identity (the digest cache keys hold it, once).
     pub fn anonymous() -> Self {
-        Self {
-            id: "anonymous".into(),
-            source: "anonymous".into(),
-            secret: Secret::Anonymous,
-        }
+        ANONYMOUS.clone()
     }
 
     pub fn new(source: impl Into<Arc<str>>, secret: Secret) -> Self {
@@ -119,6 +122,11 @@ impl Credential {
 
     pub fn id(&self) -> &str {
         &self.id
+    }
+
+    /// The identity as a shared string (cache keys hold this, not a copy).
+    pub fn shared_id(&self) -> Arc<str> {
+        self.id.clone()
     }
 
     pub fn is_anonymous(&self) -> bool {
@@ -398,13 +406,7 @@ fn glob(p: &[u8], s: &[u8]) -> bool {
 }
 
 fn normalize_host(host: &str) -> String {
-    let h = host.to_ascii_lowercase();
-    match h.as_str() {
-        "index.docker.io" | "registry-1.docker.io" | "docker.io" | "registry.hub.docker.com" => {
-            "docker.io".to_string()
-        }
-        _ => h,
-    }
+    crate::reference::canonical_host(host)
 }
 
 #[cfg(test)]

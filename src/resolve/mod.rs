@@ -1,32 +1,43 @@
-//! The `Resolver` the rest of tagpin sees: tag → digest through a cache (TTL, capacity, one
-//! registry request per key however many ask at once), a credential chain, a circuit breaker per
-//! registry, a long-lived last-known-good digest per key, and one deadline for a whole batch.
+//! The `Resolver` the rest of tagpin sees, with one way through it:
+//! [`Resolver::resolve_batch`] classifies images (skip prefix, digest, tag, invalid), dedupes
+//! them, gathers the request's credentials and resolves every tag concurrently under one
+//! deadline. The webhook, `tagpin resolve` and `tagpin pin` all call it.
+//!
+//! Underneath: a digest cache (fresh within `--cache-ttl`, last known within `--stale-ttl`, one
+//! registry request per key however many ask at once), a credential chain, and a circuit breaker
+//! per registry.
 
+pub mod auth;
 pub mod breaker;
+pub mod cache;
 pub mod credentials;
 pub mod provider;
 pub mod registry;
+pub mod sources;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use moka::future::Cache;
-use serde_json::Value;
-
-use crate::cluster::{self, Cluster, Fetched};
+use crate::cluster::Cluster;
 use crate::metrics::{LookupLabels, Metrics, RegistryLabel};
-use crate::reference::{Digest, ImageRef};
+use crate::reference::{Digest, ImageRef, ReferenceError};
 use breaker::Breakers;
+use cache::{DigestCache, Key};
 use credentials::{Credential, CredentialSet};
 use provider::Providers;
 use registry::{RegistryClient, RegistryError, RegistryOptions};
+use sources::Sources;
+pub use sources::{CredentialRequest, Gathered};
 
 #[derive(Clone, Debug)]
 pub struct ResolverConfig {
     pub registry: RegistryOptions,
     /// Static credentials (`--docker-config`).
     pub docker_config: CredentialSet,
+    /// Images starting with one of these are never looked up (`--skip-prefix`).
+    pub skip_prefixes: Vec<String>,
     pub cache_ttl: Duration,
     pub cache_capacity: u64,
     /// How long a last known digest is kept for stale-on-error; `None` turns it off.
@@ -53,6 +64,7 @@ impl Default for ResolverConfig {
                 request_timeout: Duration::from_secs(10),
             },
             docker_config: CredentialSet::default(),
+            skip_prefixes: Vec::new(),
             cache_ttl: Duration::from_secs(30),
             cache_capacity: 10_000,
             stale_ttl: Some(Duration::from_secs(24 * 3600)),
@@ -95,9 +107,22 @@ impl LookupError {
             Self::BreakerOpen { .. } | Self::Deadline { .. } | Self::Internal(_) => true,
         }
     }
+
+    /// How a refused credential is listed in [`LookupError::AllRefused`].
+    fn refusal(&self) -> String {
+        match self {
+            Self::Registry(RegistryError::Unauthorized { credential, .. }) => {
+                format!("{credential} (401)")
+            }
+            Self::Registry(RegistryError::Forbidden { credential, .. }) => {
+                format!("{credential} (403)")
+            }
+            other => other.to_string(),
+        }
+    }
 }
 
-/// What became of one image.
+/// What became of one tag.
 #[derive(Debug, Clone)]
 pub enum Outcome {
     /// Resolved now (or from the fresh cache).
@@ -110,54 +135,88 @@ pub enum Outcome {
     Failed(LookupError),
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq)]
-struct Key {
-    registry: Arc<str>,
-    repository: Arc<str>,
-    tag: Arc<str>,
-    credential: Arc<str>,
+/// What an image string is, before any lookup. Pure.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Class {
+    /// Starts with a `--skip-prefix`: left alone.
+    Skipped,
+    /// Already carries a digest: left alone.
+    HasDigest,
+    /// Not a valid image reference: never sent anywhere, reported.
+    Invalid(ReferenceError),
+    /// A tag to resolve.
+    Tag(ImageRef),
 }
 
-impl Key {
-    fn new(image: &ImageRef, cred: &Credential) -> Self {
+/// Classifies one image string. Pure.
+pub fn classify(image: &str, skip_prefixes: &[String]) -> Class {
+    if skip_prefixes.iter().any(|p| image.starts_with(p.as_str())) {
+        return Class::Skipped;
+    }
+    match ImageRef::parse(image) {
+        Ok(r) => Class::Tag(r),
+        Err(ReferenceError::HasDigest { .. }) => Class::HasDigest,
+        Err(e) => Class::Invalid(e),
+    }
+}
+
+/// What became of one image of a batch.
+#[derive(Debug, Clone)]
+pub enum ImageOutcome {
+    Skipped,
+    HasDigest,
+    Invalid(ReferenceError),
+    Resolved(ImageRef, Outcome),
+}
+
+/// The time a batch may take: all its lookups end by `started + timeout`.
+#[derive(Clone, Copy, Debug)]
+pub struct Budget {
+    pub started: Instant,
+    pub timeout: Duration,
+}
+
+impl Budget {
+    /// `timeout` from now.
+    pub fn from_now(timeout: Duration) -> Self {
         Self {
-            registry: image.registry().into(),
-            repository: image.repository().into(),
-            tag: image.tag().into(),
-            credential: cred.id().into(),
+            started: Instant::now(),
+            timeout,
         }
     }
+
+    pub fn deadline(&self) -> Instant {
+        self.started + self.timeout
+    }
+}
+
+/// Who asks: where their credentials are, and whether a last known digest may stand in for one
+/// the registry cannot give now.
+#[derive(Clone, Debug, Default)]
+pub struct BatchRequest<'a> {
+    pub credentials: CredentialRequest<'a>,
+    pub allow_stale: bool,
+    /// Counts distinct tags resolved so far (for a progress line).
+    pub progress: Option<Arc<AtomicUsize>>,
+}
+
+/// The answer for a batch: one outcome per image given, in order, and what went wrong while
+/// gathering credentials (warnings for the person who asked, never holding a secret).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub outcomes: Vec<ImageOutcome>,
+    pub warnings: Vec<String>,
 }
 
 struct Inner {
     client: RegistryClient,
     docker_config: CredentialSet,
-    cache: Cache<Key, Digest>,
-    last_good: Option<Cache<Key, Digest>>,
+    skip_prefixes: Vec<String>,
+    cache: DigestCache,
     breakers: Breakers,
     metrics: Arc<Metrics>,
     lookup_timeout: Duration,
-    cluster: Option<Cluster>,
-    providers: Option<Arc<Providers>>,
-}
-
-/// Where the pod spec of an object being admitted is, for credentials.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct CredentialRequest<'a> {
-    pub namespace: Option<&'a str>,
-    /// The pod spec (`spec` of a Pod, `spec.template.spec` of a Deployment, ...).
-    pub pod_spec: Option<&'a Value>,
-    /// A pod template rather than a Pod: the ServiceAccount admission plugin has not yet copied
-    /// the service account's pull secrets into it, so tagpin reads them when the spec names none.
-    pub template: bool,
-}
-
-/// Credentials gathered for one request, in the kubelet's order, and what went wrong on the way
-/// (admission warnings, never holding a secret).
-#[derive(Debug, Default)]
-pub struct Gathered {
-    pub sets: Vec<CredentialSet>,
-    pub warnings: Vec<String>,
+    sources: Sources,
 }
 
 /// Cheap to clone; share one per process.
@@ -169,145 +228,80 @@ impl Resolver {
         cfg: ResolverConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, registry::ClientBuildError> {
-        let client = RegistryClient::new(&cfg.registry)?;
-        let cache = Cache::builder()
-            .name("digests")
-            .max_capacity(cfg.cache_capacity)
-            .time_to_live(cfg.cache_ttl)
-            .build();
-        let last_good = cfg.stale_ttl.map(|ttl| {
-            Cache::builder()
-                .name("last-known-digests")
-                .max_capacity(cfg.cache_capacity.saturating_mul(2))
-                .time_to_live(ttl)
-                .build()
-        });
-        let cluster = cfg.cluster.inspect(|c| c.attach_metrics(metrics.clone()));
-        let providers = cfg.providers.inspect(|p| p.attach_metrics(metrics.clone()));
         Ok(Self(Arc::new(Inner {
-            client,
+            client: RegistryClient::new(&cfg.registry)?,
             docker_config: cfg.docker_config,
-            cache,
-            last_good,
+            skip_prefixes: cfg.skip_prefixes,
+            cache: DigestCache::new(cfg.cache_capacity, cfg.cache_ttl, cfg.stale_ttl),
             breakers: Breakers::new(cfg.breaker_threshold, cfg.breaker_cooldown, metrics.clone()),
             metrics,
             lookup_timeout: cfg.lookup_timeout,
-            cluster,
-            providers,
+            sources: Sources::new(cfg.cluster, cfg.providers),
         })))
     }
 
-    /// The request's own credential sets, in the kubelet's order: the pod spec's
-    /// `imagePullSecrets` (for a template without any, its service account's), then the
-    /// credential-provider plugins matching each image. `--docker-config` and anonymous are
-    /// added per image by the resolver. Nothing here fails the request: a missing secret, a
-    /// forbidden read or a failed plugin becomes a warning and resolution goes on without it.
-    /// Reads and plugin runs go on in the background past `deadline` and fill their caches.
-    pub async fn gather_credentials(
+    /// The one way through: classifies `images`, resolves each distinct tag once (concurrently,
+    /// within `budget`) with the request's credentials, and answers one outcome per image.
+    pub async fn resolve_batch<S: AsRef<str>>(
         &self,
-        req: &CredentialRequest<'_>,
-        images: &[ImageRef],
-        deadline: Instant,
-    ) -> Gathered {
-        let mut out = Gathered::default();
-        if images.is_empty() {
-            return out;
-        }
-        if let (Some(cluster), Some(ns), Some(spec)) =
-            (&self.0.cluster, req.namespace, req.pod_spec)
-        {
-            let mut names = cluster::pull_secret_names(spec);
-            if names.is_empty() && req.template {
-                let sa = cluster::service_account_name(spec);
-                let read = {
-                    let (c, ns, sa) = (cluster.clone(), ns.to_string(), sa.clone());
-                    tokio::spawn(async move { c.service_account(&ns, &sa).await })
-                };
-                match tokio::time::timeout_at(deadline.into(), read).await {
-                    Ok(Ok(Ok(Fetched::Found(secrets)))) => names = secrets.to_vec(),
-                    Ok(Ok(Ok(Fetched::NotFound))) => out.warnings.push(format!(
-                        "tagpin: service account {ns}/{sa} not found; resolving without its pull secrets"
-                    )),
-                    Ok(Ok(Ok(Fetched::Forbidden))) => out.warnings.push(format!(
-                        "tagpin: not allowed to read service account {ns}/{sa} (403); grant tagpin get on serviceaccounts; resolving without its pull secrets"
-                    )),
-                    Ok(Ok(Ok(Fetched::Unusable(m)))) => out.warnings.push(format!("tagpin: {m}")),
-                    Ok(Ok(Err(e))) => out.warnings.push(format!(
-                        "tagpin: reading service account {ns}/{sa} failed: {e}; resolving without its pull secrets"
-                    )),
-                    Ok(Err(e)) => out.warnings.push(format!(
-                        "tagpin: reading service account {ns}/{sa} failed: {e}; resolving without its pull secrets"
-                    )),
-                    Err(_) => out.warnings.push(format!(
-                        "tagpin: reading service account {ns}/{sa} did not finish within the admission deadline; resolving without its pull secrets"
-                    )),
+        req: &BatchRequest<'_>,
+        images: &[S],
+        budget: Budget,
+    ) -> Batch {
+        let mut outcomes = Vec::with_capacity(images.len());
+        let mut distinct: Vec<ImageRef> = Vec::new();
+        let mut seen: HashMap<&str, usize> = HashMap::new();
+        // For each image: where its tag is in `distinct`, if it has one.
+        let mut slots: Vec<Option<usize>> = Vec::with_capacity(images.len());
+        for image in images {
+            let image = image.as_ref();
+            match classify(image, &self.0.skip_prefixes) {
+                Class::Tag(r) => {
+                    let i = *seen.entry(image).or_insert_with(|| {
+                        distinct.push(r);
+                        distinct.len() - 1
+                    });
+                    slots.push(Some(i));
+                    outcomes.push(ImageOutcome::Skipped); // replaced below
                 }
-            }
-            let reads: Vec<_> = names
-                .iter()
-                .map(|name| {
-                    let (c, ns, name) = (cluster.clone(), ns.to_string(), name.clone());
-                    tokio::spawn(async move { c.secret(&ns, &name).await })
-                })
-                .collect();
-            for (name, read) in names.iter().zip(reads) {
-                let without = "resolving without it";
-                match tokio::time::timeout_at(deadline.into(), read).await {
-                    Ok(Ok(Ok(Fetched::Found(set)))) => out.sets.push(set),
-                    Ok(Ok(Ok(Fetched::NotFound))) => out.warnings.push(format!(
-                        "tagpin: pull secret {ns}/{name} not found; {without}"
-                    )),
-                    Ok(Ok(Ok(Fetched::Forbidden))) => out.warnings.push(format!(
-                        "tagpin: not allowed to read pull secret {ns}/{name} (403); grant tagpin get on secrets; {without}"
-                    )),
-                    Ok(Ok(Ok(Fetched::Unusable(m)))) => {
-                        out.warnings.push(format!("tagpin: {m}; {without}"))
-                    }
-                    Ok(Ok(Err(e))) => out.warnings.push(format!(
-                        "tagpin: reading pull secret {ns}/{name} failed: {e}; {without}"
-                    )),
-                    Ok(Err(e)) => out.warnings.push(format!(
-                        "tagpin: reading pull secret {ns}/{name} failed: {e}; {without}"
-                    )),
-                    Err(_) => out.warnings.push(format!(
-                        "tagpin: reading pull secret {ns}/{name} did not finish within the admission deadline; {without}"
-                    )),
+                other => {
+                    slots.push(None);
+                    outcomes.push(match other {
+                        Class::Skipped => ImageOutcome::Skipped,
+                        Class::HasDigest => ImageOutcome::HasDigest,
+                        Class::Invalid(e) => ImageOutcome::Invalid(e),
+                        Class::Tag(_) => unreachable!("handled above"),
+                    });
                 }
             }
         }
-        if let Some(providers) = &self.0.providers {
-            let runs: Vec<_> = images
-                .iter()
-                .map(|image| {
-                    let (p, image) = (providers.clone(), image.clone());
-                    tokio::spawn(async move { p.credentials(&image).await })
-                })
-                .collect();
-            for (image, run) in images.iter().zip(runs) {
-                match tokio::time::timeout_at(deadline.into(), run).await {
-                    Ok(Ok((sets, errors))) => {
-                        out.sets.extend(sets);
-                        out.warnings.extend(
-                            errors
-                                .iter()
-                                .map(|e| format!("tagpin: {e}; resolving without it")),
-                        );
-                    }
-                    Ok(Err(e)) => out.warnings.push(format!(
-                        "tagpin: credential providers for {image} failed: {e}; resolving without them"
-                    )),
-                    Err(_) => out.warnings.push(format!(
-                        "tagpin: credential providers for {image} did not finish within the admission deadline; resolving without them"
-                    )),
-                }
+        if distinct.is_empty() {
+            return Batch {
+                outcomes,
+                warnings: Vec::new(),
+            };
+        }
+        let gathered = self
+            .0
+            .sources
+            .gather(&req.credentials, &distinct, budget.deadline())
+            .await;
+        let resolved = self
+            .resolve_distinct(&distinct, &gathered.sets, budget, req)
+            .await;
+        for (out, slot) in outcomes.iter_mut().zip(&slots) {
+            if let Some(i) = *slot {
+                *out = ImageOutcome::Resolved(distinct[i].clone(), resolved[i].clone());
             }
         }
-        out
+        Batch {
+            outcomes,
+            warnings: gathered.warnings,
+        }
     }
 
     /// Credentials to try for `image`, in order: those of the request (pull secrets, service
-    /// account, plugins; see [`Resolver::gather_credentials`]), then `--docker-config`, then
-    /// anonymous.
+    /// account, plugins), then `--docker-config`, then anonymous.
     fn candidates(&self, image: &ImageRef, request: &[CredentialSet]) -> Vec<Credential> {
         let mut out: Vec<Credential> = Vec::new();
         let sets = request.iter().chain(std::iter::once(&self.0.docker_config));
@@ -322,40 +316,43 @@ impl Resolver {
         out
     }
 
-    /// Resolves every image concurrently under one deadline (`started + timeout`). Images whose lookup outlives the
-    /// deadline are answered as failed (or stale), while the lookup goes on and fills the cache.
-    /// `allow_stale`: use the last known digest when the registry fails.
-    pub async fn resolve_all(
+    /// Resolves distinct tags concurrently under one deadline. Lookups outliving it are answered
+    /// as failed (or stale) while they go on and fill the cache.
+    async fn resolve_distinct(
         &self,
         images: &[ImageRef],
         request_credentials: &[CredentialSet],
-        started: Instant,
-        timeout: Duration,
-        allow_stale: bool,
+        budget: Budget,
+        req: &BatchRequest<'_>,
     ) -> Vec<Outcome> {
-        let deadline = started + timeout;
-        let mut handles = Vec::with_capacity(images.len());
-        for image in images {
-            let creds = self.candidates(image, request_credentials);
-            let this = self.clone();
-            let image = image.clone();
-            handles.push(tokio::spawn(async move {
-                this.resolve_one(&image, &creds).await
-            }));
-        }
+        let handles: Vec<_> = images
+            .iter()
+            .map(|image| {
+                let creds = self.candidates(image, request_credentials);
+                let (this, image) = (self.clone(), image.clone());
+                let progress = req.progress.clone();
+                tokio::spawn(async move {
+                    let r = this.resolve_one(&image, &creds).await;
+                    if let Some(p) = progress {
+                        p.fetch_add(1, Ordering::Relaxed);
+                    }
+                    r
+                })
+            })
+            .collect();
         let mut out = Vec::with_capacity(images.len());
         for (image, handle) in images.iter().zip(handles) {
-            let result = match tokio::time::timeout_at(deadline.into(), handle).await {
+            let result = match tokio::time::timeout_at(budget.deadline().into(), handle).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(join)) => Err(LookupError::Internal(join.to_string())),
                 Err(_) => Err(LookupError::Deadline {
                     registry: image.registry().to_string(),
-                    after: timeout,
+                    after: budget.timeout,
                 }),
             };
             out.push(match result {
                 Ok(d) => Outcome::Pinned(d),
-                Err(e) if allow_stale && e.is_outage() => {
+                Err(e) if req.allow_stale && e.is_outage() => {
                     match self.last_known(image, request_credentials).await {
                         Some(digest) => {
                             self.0.metrics.stale_served.inc();
@@ -371,9 +368,8 @@ impl Resolver {
     }
 
     async fn last_known(&self, image: &ImageRef, request: &[CredentialSet]) -> Option<Digest> {
-        let last_good = self.0.last_good.as_ref()?;
         for cred in self.candidates(image, request) {
-            if let Some(d) = last_good.get(&Key::new(image, &cred)).await {
+            if let Some(d) = self.0.cache.last_known(&Key::new(image, &cred)).await {
                 return Some(d);
             }
         }
@@ -391,21 +387,16 @@ impl Resolver {
         // a refused credential earlier in the list is tried again (a stale pull secret listed
         // first would otherwise cost a registry round trip on every admission).
         for cred in creds {
-            if let Some(d) = self.0.cache.get(&Key::new(image, cred)).await {
+            if let Some(d) = self.0.cache.fresh(&Key::new(image, cred)).await {
                 self.0.metrics.cache_hits.inc();
                 return Ok(d);
             }
         }
         let mut refusals: Vec<LookupError> = Vec::new();
         for cred in creds {
-            let key = Key::new(image, cred);
             self.0.metrics.cache_misses.inc();
-            let loaded = self
-                .0
-                .cache
-                .try_get_with(key.clone(), self.load(image, cred, key))
-                .await;
-            match loaded {
+            let key = Key::new(image, cred);
+            match self.0.cache.load(key, self.load(image, cred)).await {
                 Ok(d) => return Ok(d),
                 Err(e) => {
                     let e = LookupError::clone(&e);
@@ -421,31 +412,13 @@ impl Resolver {
             1 => Err(refusals.remove(0)),
             _ => Err(LookupError::AllRefused {
                 registry: image.registry().to_string(),
-                refusals: refusals
-                    .iter()
-                    .map(|e| match e {
-                        LookupError::Registry(RegistryError::Unauthorized {
-                            credential, ..
-                        }) => {
-                            format!("{credential} (401)")
-                        }
-                        LookupError::Registry(RegistryError::Forbidden { credential, .. }) => {
-                            format!("{credential} (403)")
-                        }
-                        other => other.to_string(),
-                    })
-                    .collect(),
+                refusals: refusals.iter().map(LookupError::refusal).collect(),
             }),
         }
     }
 
-    /// The one registry request behind a cache miss.
-    async fn load(
-        &self,
-        image: &ImageRef,
-        cred: &Credential,
-        key: Key,
-    ) -> Result<Digest, LookupError> {
+    /// The one registry request behind a cache miss, through the registry's breaker.
+    async fn load(&self, image: &ImageRef, cred: &Credential) -> Result<Digest, LookupError> {
         let inner = &self.0;
         let registry = image.registry();
         if let Err(open) = inner.breakers.admit(registry, Instant::now()) {
@@ -456,30 +429,27 @@ impl Resolver {
             });
         }
         let started = Instant::now();
-        let result = match tokio::time::timeout(
-            inner.lookup_timeout,
-            inner.client.manifest_digest(image, cred),
-        )
-        .await
-        {
+        let lookup = inner.client.manifest_digest(image, cred);
+        let result = match tokio::time::timeout(inner.lookup_timeout, lookup).await {
             Ok(r) => r,
             Err(_) => Err(RegistryError::Timeout {
                 registry: registry.to_string(),
                 after: inner.lookup_timeout,
             }),
         };
+        let label = RegistryLabel {
+            registry: inner.metrics.registry_label(registry),
+        };
+        let seconds = started.elapsed().as_secs_f64();
         inner
             .metrics
             .lookup_seconds
-            .get_or_create(&RegistryLabel {
-                registry: registry.to_string(),
-            })
-            .observe(started.elapsed().as_secs_f64());
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => e.outcome(),
-        };
-        self.count_lookup(registry, outcome);
+            .get_or_create(&label)
+            .observe(seconds);
+        self.count_lookup(
+            registry,
+            result.as_ref().map_or_else(|e| e.outcome(), |_| "ok"),
+        );
         match &result {
             Err(e) if e.is_outage() => {
                 let retry_after = match e {
@@ -494,27 +464,22 @@ impl Resolver {
             }
             _ => inner.breakers.success(registry),
         }
-        let digest = result?;
-        if let Some(last_good) = &inner.last_good {
-            last_good.insert(key, digest.clone()).await;
-        }
-        Ok(digest)
+        Ok(result?)
     }
 
     fn count_lookup(&self, registry: &str, outcome: &'static str) {
-        self.0
-            .metrics
-            .lookups
-            .get_or_create(&LookupLabels {
-                registry: registry.to_string(),
-                outcome,
-            })
-            .inc();
+        let m = &self.0.metrics;
+        let labels = LookupLabels {
+            registry: m.registry_label(registry),
+            outcome,
+        };
+        m.lookups.get_or_create(&labels).inc();
     }
 
-    /// Drops every cached digest (tests and benchmarks measure cold paths with it).
+    /// Drops every cached digest and token (tests and benchmarks measure cold paths with it).
     pub fn clear_cache(&self) {
-        self.0.cache.invalidate_all();
+        self.0.cache.clear();
+        self.0.client.clear();
     }
 
     /// The metrics this resolver records into.
@@ -523,17 +488,54 @@ impl Resolver {
     }
 }
 
-/// Distinct images in first-seen order, and for each input the index of its distinct image.
-pub fn dedupe(images: &[ImageRef]) -> (Vec<ImageRef>, Vec<usize>) {
-    let mut seen: HashMap<&str, usize> = HashMap::new();
-    let mut distinct = Vec::new();
-    let mut index = Vec::with_capacity(images.len());
-    for im in images {
-        let i = *seen.entry(im.original()).or_insert_with(|| {
-            distinct.push(im.clone());
-            distinct.len() - 1
-        });
-        index.push(i);
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification() {
+        let skip = vec!["kind.local/".to_string()];
+        let d = format!("app@sha256:{}", "1".repeat(64));
+        assert!(matches!(classify("nginx:1", &skip), Class::Tag(r) if r.tag() == "1"));
+        assert_eq!(classify(&d, &skip), Class::HasDigest);
+        assert_eq!(classify("kind.local/x:1", &skip), Class::Skipped);
+        assert!(matches!(classify("Bad:Image", &skip), Class::Invalid(_)));
     }
-    (distinct, index)
+
+    #[tokio::test]
+    async fn a_batch_answers_every_image_in_order_and_resolves_nothing_it_need_not() {
+        crate::install_crypto_provider();
+        let r = Resolver::new(
+            ResolverConfig {
+                skip_prefixes: vec!["kind.local/".into()],
+                ..ResolverConfig::default()
+            },
+            Arc::new(Metrics::new()),
+        )
+        .unwrap();
+        let d = format!("app@sha256:{}", "1".repeat(64));
+        let b = r
+            .resolve_batch(
+                &BatchRequest::default(),
+                &["kind.local/x:1", d.as_str(), "Bad:Image"],
+                Budget::from_now(Duration::from_secs(1)),
+            )
+            .await;
+        assert!(matches!(
+            b.outcomes.as_slice(),
+            [
+                ImageOutcome::Skipped,
+                ImageOutcome::HasDigest,
+                ImageOutcome::Invalid(_)
+            ]
+        ));
+        assert!(b.warnings.is_empty());
+        assert_eq!(
+            r.metrics()
+                .encode()
+                .matches("registry_lookups_total{")
+                .count(),
+            0
+        );
+    }
 }

@@ -9,12 +9,13 @@
 //! and reported; it never fails the process. Parsing is pure ([`parse_config`],
 //! [`parse_response`], [`parse_go_duration`]); only [`Providers::credentials`] runs processes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use moka::future::Cache;
 use serde::Deserialize;
 use tokio::io::AsyncWriteExt as _;
 
@@ -56,11 +57,13 @@ pub enum ProviderError {
         image: String,
         after: Duration,
     },
-    #[error("credential provider {name:?} exited with {status} for {image}; run it by hand with a CredentialProviderRequest on stdin to see why")]
+    #[error("credential provider {name:?} exited with {status} for {image}: {stderr}")]
     Exit {
         name: String,
         image: String,
         status: String,
+        /// The last line it wrote to stderr.
+        stderr: String,
     },
     #[error("credential provider {name:?} gave a bad answer for {image}: {reason}")]
     Response {
@@ -311,25 +314,41 @@ pub fn parse_response(
     })
 }
 
-struct Cached {
+/// A plugin's answer, kept for its `cacheDuration`.
+#[derive(Clone)]
+struct Answer {
     credentials: CredentialSet,
-    expires: Instant,
+    life: Duration,
+}
+
+struct AnswerLife;
+
+impl moka::Expiry<(CacheKeyType, String), Answer> for AnswerLife {
+    fn expire_after_create(
+        &self,
+        _: &(CacheKeyType, String),
+        a: &Answer,
+        _: Instant,
+    ) -> Option<Duration> {
+        Some(a.life)
+    }
 }
 
 struct Provider {
     spec: ProviderSpec,
     path: PathBuf,
-    /// One plugin run at a time per provider, so a burst for one image runs it once.
-    running: tokio::sync::Mutex<()>,
     /// `(cacheKeyType, key)` → answer.
-    cache: Mutex<HashMap<(CacheKeyType, String), Cached>>,
+    answers: Cache<(CacheKeyType, String), Answer>,
+    /// Runs under way, by image: concurrent requests for one image share one run; different
+    /// images run in parallel. An entry lives only while its run does.
+    runs: Cache<String, CredentialSet>,
 }
 
 /// The configured plugins. Share one per process (behind an `Arc`).
 pub struct Providers {
     providers: Vec<Provider>,
     timeout: Duration,
-    metrics: std::sync::OnceLock<Arc<Metrics>>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for Providers {
@@ -340,20 +359,29 @@ impl std::fmt::Debug for Providers {
     }
 }
 
+/// Answers (and runs) held per provider at once.
+const MAX_ANSWERS: u64 = 10_000;
+
 impl Providers {
     /// Reads the config and checks that every provider's binary is in `bin_dir`.
-    pub fn load(config: &Path, bin_dir: &Path, timeout: Duration) -> Result<Self, ProviderError> {
+    pub fn load(
+        config: &Path,
+        bin_dir: &Path,
+        timeout: Duration,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, ProviderError> {
         let text = std::fs::read_to_string(config).map_err(|source| ProviderError::Read {
             path: config.to_path_buf(),
             source,
         })?;
-        Self::new(parse_config(&text, config)?, bin_dir, timeout)
+        Self::new(parse_config(&text, config)?, bin_dir, timeout, metrics)
     }
 
     pub fn new(
         specs: Vec<ProviderSpec>,
         bin_dir: &Path,
         timeout: Duration,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, ProviderError> {
         let mut providers = Vec::with_capacity(specs.len());
         for spec in specs {
@@ -367,37 +395,42 @@ impl Providers {
             providers.push(Provider {
                 spec,
                 path,
-                running: tokio::sync::Mutex::new(()),
-                cache: Mutex::new(HashMap::new()),
+                answers: Cache::builder()
+                    .max_capacity(MAX_ANSWERS)
+                    .expire_after(AnswerLife)
+                    .build(),
+                runs: Cache::builder()
+                    .max_capacity(MAX_ANSWERS)
+                    .time_to_live(timeout + Duration::from_secs(1))
+                    .build(),
             });
         }
         Ok(Self {
             providers,
             timeout,
-            metrics: std::sync::OnceLock::new(),
+            metrics,
         })
-    }
-
-    /// Counts plugin runs in `tagpin_credential_plugin_runs_total` from now on.
-    pub fn attach_metrics(&self, metrics: Arc<Metrics>) {
-        let _ = self.metrics.set(metrics);
     }
 
     /// Credentials of every provider whose `matchImages` covers `image`, in config order, and
     /// the failures of those that could not give any.
-    pub async fn credentials(&self, image: &ImageRef) -> (Vec<CredentialSet>, Vec<ProviderError>) {
+    pub async fn credentials(
+        &self,
+        image: &ImageRef,
+    ) -> (Vec<CredentialSet>, Vec<Arc<ProviderError>>) {
         let mut sets = Vec::new();
         let mut errors = Vec::new();
         for p in &self.providers {
+            let (registry, repository) = (image.registry(), image.repository());
             if !p
                 .spec
                 .match_images
                 .iter()
-                .any(|m| image_matches(m, image.registry(), image.repository()))
+                .any(|m| image_matches(m, registry, repository))
             {
                 continue;
             }
-            match p.get(image, self.timeout, self.metrics.get()).await {
+            match p.get(image, self.timeout, &self.metrics).await {
                 Ok(set) => sets.push(set),
                 Err(e) => errors.push(e),
             }
@@ -408,85 +441,98 @@ impl Providers {
 
 /// The image as the kubelet names it to a plugin: registry and repository, no tag.
 fn request_image(image: &ImageRef) -> String {
-    let registry = match image.registry() {
-        "index.docker.io" | "registry-1.docker.io" => "docker.io",
-        r => r,
-    };
-    format!("{registry}/{}", image.repository())
+    format!(
+        "{}/{}",
+        crate::reference::canonical_host(image.registry()),
+        image.repository()
+    )
 }
 
+/// What a run printed: stdout up to the answer limit, the tail of stderr.
+struct Output {
+    status: std::process::ExitStatus,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+}
+
+/// Bytes of a plugin's stderr kept for its error message.
+const MAX_STDERR_BYTES: usize = 4 << 10;
+
 impl Provider {
-    fn cached(&self, image: &str, registry: &str) -> Option<CredentialSet> {
-        let cache = self.cache.lock().ok()?;
-        let now = Instant::now();
-        [
+    async fn cached(&self, image: &str, registry: &str) -> Option<CredentialSet> {
+        for key in [
             (CacheKeyType::Image, image),
             (CacheKeyType::Registry, registry),
             (CacheKeyType::Global, ""),
-        ]
-        .into_iter()
-        .find_map(|(t, k)| {
-            cache
-                .get(&(t, k.to_string()))
-                .filter(|c| c.expires > now)
-                .map(|c| c.credentials.clone())
-        })
+        ] {
+            if let Some(a) = self.answers.get(&(key.0, key.1.to_string())).await {
+                return Some(a.credentials);
+            }
+        }
+        None
     }
 
     async fn get(
         &self,
         image: &ImageRef,
         timeout: Duration,
-        metrics: Option<&Arc<Metrics>>,
-    ) -> Result<CredentialSet, ProviderError> {
+        metrics: &Metrics,
+    ) -> Result<CredentialSet, Arc<ProviderError>> {
         let name = request_image(image);
         let registry = name.split('/').next().unwrap_or("").to_string();
-        if let Some(c) = self.cached(&name, &registry) {
+        if let Some(c) = self.cached(&name, &registry).await {
             return Ok(c);
         }
-        let _running = self.running.lock().await;
-        if let Some(c) = self.cached(&name, &registry) {
-            return Ok(c);
-        }
-        let resp = self.exec(&name, timeout).await;
-        if let Some(m) = metrics {
-            let outcome = match &resp {
-                Ok(_) => "ok",
-                Err(ProviderError::Timeout { .. }) => "timeout",
-                Err(ProviderError::Exit { .. }) => "exit",
-                Err(ProviderError::Spawn { .. }) => "spawn",
-                Err(_) => "bad_response",
-            };
-            m.plugin_runs
-                .get_or_create(&PluginRunLabels {
-                    provider: self.spec.name.clone(),
-                    outcome,
-                })
-                .inc();
-        }
-        let resp = resp?;
+        let run = async {
+            // A run for this image may have just finished.
+            if let Some(c) = self.cached(&name, &registry).await {
+                return Ok(c);
+            }
+            let resp = self.exec(&name, timeout).await;
+            self.count(metrics, &resp);
+            let resp = resp?;
+            self.remember(&resp, &name, &registry).await;
+            Ok(resp.credentials)
+        };
+        let got = self.runs.try_get_with(name.clone(), run).await;
+        self.runs.invalidate(&name).await;
+        got
+    }
+
+    fn count(&self, metrics: &Metrics, resp: &Result<ProviderResponse, ProviderError>) {
+        let outcome = match resp {
+            Ok(_) => "ok",
+            Err(ProviderError::Timeout { .. }) => "timeout",
+            Err(ProviderError::Exit { .. }) => "exit",
+            Err(ProviderError::Spawn { .. }) => "spawn",
+            Err(_) => "bad_response",
+        };
+        let labels = PluginRunLabels {
+            provider: self.spec.name.clone(),
+            outcome,
+        };
+        metrics.plugin_runs.get_or_create(&labels).inc();
+    }
+
+    async fn remember(&self, resp: &ProviderResponse, image: &str, registry: &str) {
         let life = resp
             .cache_duration
             .unwrap_or(self.spec.default_cache_duration);
-        if !life.is_zero() {
-            let key = match resp.cache_key_type {
-                CacheKeyType::Image => name.clone(),
-                CacheKeyType::Registry => registry,
-                CacheKeyType::Global => String::new(),
-            };
-            if let Ok(mut cache) = self.cache.lock() {
-                let now = Instant::now();
-                cache.retain(|_, c| c.expires > now);
-                cache.insert(
-                    (resp.cache_key_type, key),
-                    Cached {
-                        credentials: resp.credentials.clone(),
-                        expires: now + life,
-                    },
-                );
-            }
+        if life.is_zero() {
+            return;
         }
-        Ok(resp.credentials)
+        let key = match resp.cache_key_type {
+            CacheKeyType::Image => image.to_string(),
+            CacheKeyType::Registry => registry.to_string(),
+            CacheKeyType::Global => String::new(),
+        };
+        let answer = Answer {
+            credentials: resp.credentials.clone(),
+            life,
+        };
+        self.answers
+            .insert((resp.cache_key_type, key), answer)
+            .await;
     }
 
     async fn exec(
@@ -501,58 +547,52 @@ impl Provider {
             "image": image,
         })
         .to_string();
+        let spawn_err = |e: std::io::Error| ProviderError::Spawn {
+            name: name.clone(),
+            image: image.to_string(),
+            reason: e.to_string(),
+        };
         let mut child = tokio::process::Command::new(&self.path)
             .args(&self.spec.args)
             .envs(self.spec.env.iter().map(|e| (&e.name, &e.value)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
+            // Its own process group, so a timeout kills whatever it started too.
+            .process_group(0)
             .kill_on_drop(true)
             .spawn()
-            .map_err(|e| ProviderError::Spawn {
-                name: name.clone(),
-                image: image.to_string(),
-                reason: e.to_string(),
-            })?;
-        let stdin = child.stdin.take();
-        let run = async move {
-            if let Some(mut stdin) = stdin {
-                // A plugin that exits without reading its stdin is judged by its answer.
-                let _ = stdin.write_all(request.as_bytes()).await;
-                let _ = stdin.shutdown().await;
-            }
-            child.wait_with_output().await
-        };
-        let out = match tokio::time::timeout(timeout, run).await {
+            .map_err(spawn_err)?;
+        let group = child.id();
+        let out = match tokio::time::timeout(timeout, communicate(&mut child, request)).await {
             Ok(Ok(out)) => out,
             Ok(Err(e)) => {
-                return Err(ProviderError::Spawn {
-                    name: name.clone(),
-                    image: image.to_string(),
-                    reason: e.to_string(),
-                })
+                kill_group(group);
+                return Err(spawn_err(e));
             }
-            // Dropping the future drops the child, which kills it (kill_on_drop).
             Err(_) => {
+                kill_group(group);
                 return Err(ProviderError::Timeout {
                     name: name.clone(),
                     image: image.to_string(),
                     after: timeout,
-                })
+                });
             }
+        };
+        let Some(out) = out else {
+            kill_group(group);
+            return Err(ProviderError::Response {
+                name: name.clone(),
+                image: image.to_string(),
+                reason: format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
+            });
         };
         if !out.status.success() {
             return Err(ProviderError::Exit {
                 name: name.clone(),
                 image: image.to_string(),
                 status: out.status.to_string(),
-            });
-        }
-        if out.stdout.len() > MAX_RESPONSE_BYTES {
-            return Err(ProviderError::Response {
-                name: name.clone(),
-                image: image.to_string(),
-                reason: format!("answer larger than {MAX_RESPONSE_BYTES} bytes"),
+                stderr: last_line(&out.stderr),
             });
         }
         parse_response(&out.stdout, &self.spec.api_version, name).map_err(|reason| {
@@ -562,6 +602,94 @@ impl Provider {
                 reason,
             }
         })
+    }
+}
+
+/// Writes the request, reads stdout (up to the answer limit: `None` beyond it) and the tail of
+/// stderr, and waits for the plugin to exit.
+async fn communicate(
+    child: &mut tokio::process::Child,
+    request: String,
+) -> std::io::Result<Option<Output>> {
+    use tokio::io::AsyncReadExt as _;
+    let stdin = child.stdin.take();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let write = async move {
+        if let Some(mut stdin) = stdin {
+            // A plugin that exits without reading its stdin is judged by its answer.
+            let _ = stdin.write_all(request.as_bytes()).await;
+            let _ = stdin.shutdown().await;
+        }
+    };
+    let read_out = async move {
+        let mut buf = Vec::new();
+        if let Some(s) = stdout {
+            s.take(MAX_RESPONSE_BYTES as u64 + 1)
+                .read_to_end(&mut buf)
+                .await?;
+        }
+        Ok::<_, std::io::Error>(buf)
+    };
+    let read_err = async move {
+        // Read to the end (a plugin blocked on a full pipe never exits) keeping only the tail.
+        let mut tail: Vec<u8> = Vec::new();
+        if let Some(mut s) = stderr {
+            let mut chunk = [0u8; 4096];
+            loop {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    break;
+                }
+                tail.extend_from_slice(&chunk[..n]);
+                if tail.len() > MAX_STDERR_BYTES {
+                    tail.drain(..tail.len() - MAX_STDERR_BYTES);
+                }
+            }
+        }
+        Ok::<_, std::io::Error>(tail)
+    };
+    let (_, stdout, stderr) = tokio::join!(write, read_out, read_err);
+    let stdout = stdout?;
+    if stdout.len() > MAX_RESPONSE_BYTES {
+        return Ok(None);
+    }
+    let status = child.wait().await?;
+    Ok(Some(Output {
+        status,
+        stdout,
+        stderr: stderr.unwrap_or_default(),
+    }))
+}
+
+/// The last non-empty line of a plugin's stderr, printable and at most 200 characters.
+fn last_line(stderr: &[u8]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("");
+    let clean: String = line
+        .trim()
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    if clean.is_empty() {
+        "nothing on stderr".into()
+    } else {
+        clean
+    }
+}
+
+/// Kills a plugin's process group (the plugin and anything it started).
+fn kill_group(group: Option<u32>) {
+    let pid = group
+        .and_then(|g| i32::try_from(g).ok())
+        .and_then(rustix::process::Pid::from_raw);
+    if let Some(pid) = pid {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
     }
 }
 

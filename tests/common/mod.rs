@@ -467,9 +467,19 @@ impl Pusher {
     }
 }
 
+thread_local! {
+    static METRICS: Arc<Metrics> = Arc::new(Metrics::new());
+}
+
+/// The metrics of this test (one set per test thread): what a test builds with them (a cluster,
+/// plugins, an admitter) records into one registry, as in `tagpin serve`.
+pub fn metrics() -> Arc<Metrics> {
+    METRICS.with(Arc::clone)
+}
+
 pub fn admitter(cfg: ResolverConfig, adm: AdmissionConfig) -> Admitter {
     init();
-    let metrics = Arc::new(Metrics::new());
+    let metrics = metrics();
     Admitter {
         resolver: Resolver::new(cfg, metrics.clone()).unwrap(),
         config: Arc::new(adm),
@@ -480,7 +490,6 @@ pub fn admitter(cfg: ResolverConfig, adm: AdmissionConfig) -> Admitter {
 pub fn admission_config() -> AdmissionConfig {
     AdmissionConfig {
         keep_tag: false,
-        skip_prefixes: vec![],
         resolve_timeout: Duration::from_secs(5),
         stale_on_error: true,
     }
