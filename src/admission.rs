@@ -207,6 +207,7 @@ pub fn decide(plan: &Plan, outcomes: &[ImageOutcome], mode: Mode, keep_tag: bool
     let mut warnings = Vec::new();
     let mut failures = Vec::new();
     let mut invalid = Vec::new();
+    let mut over_limit = 0usize;
     for (i, (site, outcome)) in plan.sites.iter().zip(outcomes).enumerate() {
         let previous = plan.previous.get(i).and_then(Option::as_ref);
         let (image, outcome) = match outcome {
@@ -216,6 +217,10 @@ pub fn decide(plan: &Plan, outcomes: &[ImageOutcome], mode: Mode, keep_tag: bool
                 continue;
             }
             ImageOutcome::Resolved(image, outcome) => (image, outcome),
+            ImageOutcome::OverLimit(_) => {
+                over_limit += 1;
+                continue;
+            }
         };
         match outcome {
             Outcome::Pinned(d) => pins.push((site, image.pinned(d, keep_tag))),
@@ -237,7 +242,14 @@ pub fn decide(plan: &Plan, outcomes: &[ImageOutcome], mode: Mode, keep_tag: bool
         }
     }
     failures.extend(invalid);
-    let left = failures.len();
+    if over_limit > 0 {
+        // One line for all of them, first: the limit is why the rest is missing.
+        let why = "not looked up: the object names more distinct images than --max-images-per-review allows";
+        let what = format!("{over_limit} image(s)");
+        warnings.insert(0, format!("tagpin: {what} left unpinned, {why}"));
+        failures.insert(0, (what, why.to_string()));
+    }
+    let left = failures.len() - usize::from(over_limit > 0) + over_limit;
     let pinned = pins.len();
     let record_ops = match &plan.record {
         Some(r) => r.ops(&pins.iter().map(|(s, _)| *s).collect::<Vec<_>>()),
@@ -264,6 +276,7 @@ pub fn decide(plan: &Plan, outcomes: &[ImageOutcome], mode: Mode, keep_tag: bool
             warnings.extend(
                 failures
                     .iter()
+                    .skip(usize::from(over_limit > 0))
                     .map(|(image, why)| format!("tagpin: {image} left unpinned: {why}")),
             );
             let mut patch = podspec::replace_ops(pins);

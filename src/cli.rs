@@ -12,6 +12,7 @@ use crate::cluster::ClusterOptions;
 use crate::metrics::Metrics;
 use crate::resolve::credentials::{CredentialError, CredentialSet};
 use crate::resolve::provider::{ProviderError, Providers};
+use crate::resolve::netpolicy::{AddressPolicy, Cidr};
 use crate::resolve::registry::RegistryOptions;
 use crate::resolve::ResolverConfig;
 use crate::server::ServeConfig;
@@ -121,6 +122,12 @@ pub struct RegistryArgs {
     /// Write repo:tag@sha256:… instead of repo@sha256:….
     #[arg(long, env = "TAGPIN_KEEP_TAG")]
     pub keep_tag: bool,
+    /// Registry lookups in flight at once; more wait (within their deadline).
+    #[arg(long, env = "TAGPIN_MAX_CONCURRENT_LOOKUPS", default_value_t = 256)]
+    pub max_concurrent_lookups: usize,
+    /// Registry lookups in flight at once to one registry host; more wait.
+    #[arg(long, env = "TAGPIN_MAX_LOOKUPS_PER_REGISTRY", default_value_t = 16)]
+    pub max_lookups_per_registry: usize,
     /// Never call the Kubernetes API (pull secrets and service accounts are not read).
     #[arg(long, env = "TAGPIN_NO_KUBE")]
     pub no_kube: bool,
@@ -165,6 +172,22 @@ pub struct ServeArgs {
     /// How long a read Secret or ServiceAccount is reused ("not found" and "forbidden": at most 5s).
     #[arg(long, env = "TAGPIN_KUBE_CACHE_TTL", default_value = "30s", value_parser = duration)]
     pub kube_cache_ttl: Duration,
+    /// Address range tagpin may connect to although it is loopback, link-local or otherwise
+    /// refused (e.g. 127.0.0.0/8 for a registry on the node). Repeatable.
+    #[arg(
+        long = "allow-registry-cidr",
+        env = "TAGPIN_ALLOW_REGISTRY_CIDR",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub allow_registry_cidr: Vec<Cidr>,
+    /// Most distinct images resolved for one review; the rest are left unpinned with one warning
+    /// (/mutate) or denied (/enforce).
+    #[arg(long, env = "TAGPIN_MAX_IMAGES_PER_REVIEW", default_value_t = 64)]
+    pub max_images_per_review: usize,
+    /// Registry hosts with a label value of their own in /metrics; the others are "other".
+    #[arg(long, env = "TAGPIN_METRICS_MAX_REGISTRIES", default_value_t = crate::metrics::DEFAULT_MAX_REGISTRY_LABELS)]
+    pub metrics_max_registries: usize,
     /// After SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "TAGPIN_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration)]
     pub shutdown_grace: Duration,
@@ -272,6 +295,7 @@ impl RegistryArgs {
                 extra_ca_pem,
                 connect_timeout: self.lookup_timeout.min(Duration::from_secs(5)),
                 request_timeout: self.lookup_timeout,
+                policy: Default::default(),
             },
             docker_config,
             skip_prefixes: self.skip_prefix.clone(),
@@ -283,6 +307,9 @@ impl RegistryArgs {
             breaker_cooldown: self.breaker_cooldown,
             cluster: None,
             providers,
+            max_images_per_batch: None,
+            max_lookups: self.max_concurrent_lookups,
+            max_lookups_per_registry: self.max_lookups_per_registry,
         })
     }
 
@@ -296,6 +323,14 @@ impl RegistryArgs {
 }
 
 impl ServeArgs {
+    /// Where `serve` may connect: no loopback, link-local or metadata addresses unless allowed.
+    pub fn address_policy(&self) -> AddressPolicy {
+        AddressPolicy::serve(
+            self.allow_registry_cidr.clone(),
+            &self.registry.insecure_registry,
+        )
+    }
+
     pub fn cluster_options(&self) -> ClusterOptions {
         ClusterOptions {
             timeout: self.kube_timeout,

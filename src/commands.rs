@@ -38,6 +38,7 @@ pub async fn resolve(
         .map(|(input, outcome)| match outcome {
             ImageOutcome::Skipped | ImageOutcome::HasDigest => Ok(input.clone()),
             ImageOutcome::Invalid(e) => Err(e.to_string()),
+            ImageOutcome::OverLimit(image) => Err(format!("{image}: over the image limit")),
             ImageOutcome::Resolved(image, o) => match o {
                 Outcome::Pinned(d) | Outcome::Stale { digest: d, .. } => {
                     Ok(image.pinned(&d, keep_tag))

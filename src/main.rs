@@ -67,10 +67,10 @@ fn init_logging(args: &RegistryArgs) {
 fn build(
     args: &RegistryArgs,
     metrics: Arc<Metrics>,
-    cluster: Option<tagpin::cluster::Cluster>,
+    serve_only: impl FnOnce(&mut tagpin::resolve::ResolverConfig),
 ) -> anyhow::Result<Admitter> {
     let mut rc = args.resolver_config(&metrics)?;
-    rc.cluster = cluster;
+    serve_only(&mut rc);
     let resolver =
         Resolver::new(rc, metrics.clone()).context("cannot set up the registry client")?;
     Ok(Admitter {
@@ -82,7 +82,7 @@ fn build(
 
 async fn serve(args: tagpin::cli::ServeArgs) -> anyhow::Result<()> {
     init_logging(&args.registry);
-    let metrics = Arc::new(Metrics::new());
+    let metrics = Arc::new(Metrics::with_max_registries(args.metrics_max_registries));
     let cluster = tagpin::cluster::Cluster::for_serve(
         args.registry.no_kube,
         args.kubeconfig.as_deref(),
@@ -90,7 +90,11 @@ async fn serve(args: tagpin::cli::ServeArgs) -> anyhow::Result<()> {
         metrics.clone(),
     )
     .await?;
-    let admitter = build(&args.registry, metrics.clone(), cluster)?;
+    let admitter = build(&args.registry, metrics.clone(), |rc| {
+        rc.cluster = cluster;
+        rc.registry.policy = Arc::new(args.address_policy());
+        rc.max_images_per_batch = Some(args.max_images_per_review);
+    })?;
     tagpin::server::serve(args.serve_config(), admitter, metrics, shutdown_signal()).await?;
     tracing::info!("stopped");
     Ok(())
@@ -114,7 +118,7 @@ async fn shutdown_signal() {
 
 async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
     init_logging(&args.registry);
-    let adm = build(&args.registry, Arc::new(Metrics::new()), None)?;
+    let adm = build(&args.registry, Arc::new(Metrics::new()), |_| {})?;
     let r = &args.registry;
     let report =
         tagpin::commands::resolve(&adm.resolver, &args.images, r.keep_tag, r.resolve_timeout).await;
@@ -145,7 +149,7 @@ async fn pin(args: PinArgs) -> anyhow::Result<ExitCode> {
     };
     // Files carry no namespace: pull secrets do not apply; credential plugins and
     // --docker-config do.
-    let admitter = build(&args.registry, Arc::new(Metrics::new()), None)?;
+    let admitter = build(&args.registry, Arc::new(Metrics::new()), |_| {})?;
     match tagpin::pin::run(sources, &admitter.resolver, &args.options(), &args.output()).await {
         Ok(report) if report.problems == 0 => Ok(ExitCode::SUCCESS),
         Ok(_) => Ok(ExitCode::FAILURE),

@@ -47,7 +47,7 @@ async fn resolve(r: &Resolver, image: &str) -> Outcome {
 
 fn manifest_heads(reqs: &[Request]) -> usize {
     reqs.iter()
-        .filter(|r| r.method.to_string() == "HEAD" && r.url.path().contains("/manifests/"))
+        .filter(|r| r.method.as_str() == "HEAD" && r.url.path().contains("/manifests/"))
         .count()
 }
 
@@ -310,4 +310,38 @@ async fn a_lookup_that_outlives_the_deadline_finishes_and_fills_the_cache() {
         "one registry request in all"
     );
     assert!(r.metrics().encode().contains("tagpin_cache_hits_total 1"));
+}
+
+#[tokio::test]
+async fn a_401_on_the_get_fallback_names_the_credential_that_was_sent() {
+    // The HEAD answers without a digest; the GET that follows is refused. The refusal is the
+    // credential's (here the --docker-config entry), not "anonymous access" for every one tried.
+    let srv = MockServer::start().await;
+    Mock::given(method("HEAD"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&srv)
+        .await;
+    Mock::given(method("GET"))
+        .and(path("/v2/team/app/manifests/1.0"))
+        .respond_with(ResponseTemplate::new(401))
+        .mount(&srv)
+        .await;
+    let a = srv.address().to_string();
+    let config = format!(r#"{{"auths":{{"{a}":{{"username":"bot","password":"pw"}}}}}}"#);
+    let r = resolver(&srv, |cfg| {
+        cfg.docker_config = tagpin::resolve::credentials::CredentialSet::from_docker_config(
+            config.as_bytes(),
+            std::path::Path::new("config.json"),
+        )
+        .unwrap()
+    });
+    match resolve(&r, &format!("{a}/team/app:1.0")).await {
+        Outcome::Failed(e) => assert_eq!(
+            e.to_string(),
+            format!(
+                "registry {a} refused every credential tried: the credential from config.json entry \"{a}\" (401); anonymous access (401)"
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
 }

@@ -331,7 +331,8 @@ async fn stopped_registry_leaves_images_unpinned_and_the_breaker_opens() {
         if i < 2 {
             assert_eq!(
                 w[0],
-                format!("tagpin: {image} left unpinned: cannot connect to registry {a}: tcp connect error: Connection refused (os error 111)")
+                // A short cause, never the transport's raw text.
+                format!("tagpin: {image} left unpinned: cannot connect to registry {a}: connection refused")
             );
         }
     }

@@ -11,14 +11,17 @@ pub mod auth;
 pub mod breaker;
 pub mod cache;
 pub mod credentials;
+pub mod netpolicy;
 pub mod provider;
 pub mod registry;
 pub mod sources;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::cluster::Cluster;
 use crate::metrics::{LookupLabels, Metrics, RegistryLabel};
@@ -52,6 +55,12 @@ pub struct ResolverConfig {
     pub cluster: Option<Cluster>,
     /// Credential-provider plugins (`--image-credential-provider-config`).
     pub providers: Option<Arc<Providers>>,
+    /// Most distinct tags one batch resolves (`--max-images-per-review`); `None`: no limit.
+    pub max_images_per_batch: Option<usize>,
+    /// Registry lookups in flight at once, in all (`--max-concurrent-lookups`) and per
+    /// registry host (`--max-lookups-per-registry`). A lookup beyond them waits.
+    pub max_lookups: usize,
+    pub max_lookups_per_registry: usize,
 }
 
 impl Default for ResolverConfig {
@@ -62,6 +71,7 @@ impl Default for ResolverConfig {
                 extra_ca_pem: None,
                 connect_timeout: Duration::from_secs(3),
                 request_timeout: Duration::from_secs(10),
+                policy: Default::default(),
             },
             docker_config: CredentialSet::default(),
             skip_prefixes: Vec::new(),
@@ -73,6 +83,9 @@ impl Default for ResolverConfig {
             breaker_cooldown: Duration::from_secs(30),
             cluster: None,
             providers: None,
+            max_images_per_batch: None,
+            max_lookups: 256,
+            max_lookups_per_registry: 16,
         }
     }
 }
@@ -96,6 +109,10 @@ pub enum LookupError {
     },
     #[error("lookup task failed: {0}")]
     Internal(String),
+    /// Waited for a lookup slot (`--max-concurrent-lookups`, `--max-lookups-per-registry`) until
+    /// the time ran out: tagpin's own limit, not the registry's failure.
+    #[error("registry {registry} not asked: tagpin already has {limit} lookups in flight and none finished in time (--max-concurrent-lookups, --max-lookups-per-registry)")]
+    Busy { registry: String, limit: usize },
 }
 
 impl LookupError {
@@ -103,7 +120,7 @@ impl LookupError {
     pub fn is_outage(&self) -> bool {
         match self {
             Self::Registry(e) => e.is_outage(),
-            Self::AllRefused { .. } => false,
+            Self::AllRefused { .. } | Self::Busy { .. } => false,
             Self::BreakerOpen { .. } | Self::Deadline { .. } | Self::Internal(_) => true,
         }
     }
@@ -167,6 +184,8 @@ pub enum ImageOutcome {
     HasDigest,
     Invalid(ReferenceError),
     Resolved(ImageRef, Outcome),
+    /// A tag past the batch's limit of distinct images: not looked up.
+    OverLimit(ImageRef),
 }
 
 /// The time a batch may take: all its lookups end by `started + timeout`.
@@ -208,8 +227,40 @@ pub struct Batch {
     pub warnings: Vec<String>,
 }
 
+/// Lookup slots: one for all registries, one per registry host.
+struct Slots {
+    all: Arc<Semaphore>,
+    per_registry: moka::sync::Cache<Box<str>, Arc<Semaphore>>,
+    per_registry_n: usize,
+}
+
+impl Slots {
+    fn new(all: usize, per_registry: usize) -> Self {
+        Self {
+            all: Arc::new(Semaphore::new(all.max(1))),
+            per_registry: moka::sync::Cache::builder()
+                .max_capacity(4_096)
+                .time_to_idle(Duration::from_secs(600))
+                .build(),
+            per_registry_n: per_registry.max(1),
+        }
+    }
+
+    async fn acquire(&self, registry: &str) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+        let n = self.per_registry_n;
+        let host = self
+            .per_registry
+            .get_with(registry.into(), || Arc::new(Semaphore::new(n)));
+        let one = host.acquire_owned().await.ok()?;
+        let all = self.all.clone().acquire_owned().await.ok()?;
+        Some((one, all))
+    }
+}
+
 struct Inner {
     client: RegistryClient,
+    slots: Slots,
+    max_images_per_batch: Option<usize>,
     docker_config: CredentialSet,
     skip_prefixes: Vec<String>,
     cache: DigestCache,
@@ -230,6 +281,8 @@ impl Resolver {
     ) -> Result<Self, registry::ClientBuildError> {
         Ok(Self(Arc::new(Inner {
             client: RegistryClient::new(&cfg.registry)?,
+            slots: Slots::new(cfg.max_lookups, cfg.max_lookups_per_registry),
+            max_images_per_batch: cfg.max_images_per_batch,
             docker_config: cfg.docker_config,
             skip_prefixes: cfg.skip_prefixes,
             cache: DigestCache::new(cfg.cache_capacity, cfg.cache_ttl, cfg.stale_ttl),
@@ -275,7 +328,8 @@ impl Resolver {
                 }
             }
         }
-        if distinct.is_empty() {
+        let over = self.over_limit(&mut distinct);
+        if distinct.is_empty() && over.is_empty() {
             return Batch {
                 outcomes,
                 warnings: Vec::new(),
@@ -291,12 +345,23 @@ impl Resolver {
             .await;
         for (out, slot) in outcomes.iter_mut().zip(&slots) {
             if let Some(i) = *slot {
-                *out = ImageOutcome::Resolved(distinct[i].clone(), resolved[i].clone());
+                *out = match resolved.get(i) {
+                    Some(r) => ImageOutcome::Resolved(distinct[i].clone(), r.clone()),
+                    None => ImageOutcome::OverLimit(over[i - distinct.len()].clone()),
+                };
             }
         }
         Batch {
             outcomes,
             warnings: gathered.warnings,
+        }
+    }
+
+    /// Cuts `distinct` to the batch limit; returns the tags cut off, in order.
+    fn over_limit(&self, distinct: &mut Vec<ImageRef>) -> Vec<ImageRef> {
+        match self.0.max_images_per_batch {
+            Some(max) if distinct.len() > max => distinct.split_off(max),
+            _ => Vec::new(),
         }
     }
 
@@ -429,9 +494,21 @@ impl Resolver {
             });
         }
         let started = Instant::now();
-        let lookup = inner.client.manifest_digest(image, cred);
+        let holding = AtomicBool::new(false);
+        let lookup = async {
+            let _slots = inner.slots.acquire(registry).await;
+            holding.store(true, Ordering::Relaxed);
+            inner.client.manifest_digest(image, cred).await
+        };
         let result = match tokio::time::timeout(inner.lookup_timeout, lookup).await {
             Ok(r) => r,
+            Err(_) if !holding.load(Ordering::Relaxed) => {
+                self.count_lookup(registry, "busy");
+                return Err(LookupError::Busy {
+                    registry: registry.to_string(),
+                    limit: inner.slots.per_registry_n,
+                });
+            }
             Err(_) => Err(RegistryError::Timeout {
                 registry: registry.to_string(),
                 after: inner.lookup_timeout,

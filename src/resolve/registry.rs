@@ -8,6 +8,7 @@
 //! than swallowed, and tokens keyed by credential so two tenants never share one (crate-apis W4).
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use reqwest::header::{HeaderMap, ACCEPT, AUTHORIZATION, RETRY_AFTER};
@@ -16,6 +17,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::auth::Auth;
 use super::credentials::Credential;
+use super::netpolicy::{AddressPolicy, NotAllowed, PolicyResolver};
 use crate::reference::{Digest, ImageRef};
 
 /// Every manifest type a tag may point to. The digest of a multi-platform tag is the index's.
@@ -60,6 +62,21 @@ pub enum RegistryError {
     BadAnswer { registry: String, reason: String },
     #[error("token endpoint for {registry} failed: {reason}")]
     Token { registry: String, reason: String },
+    #[error("registry {registry}: address not allowed ({kind}); tagpin serve does not connect to loopback, link-local or metadata addresses (allow a range with --allow-registry-cidr, or name the registry with --insecure-registry)")]
+    NotAllowed {
+        registry: String,
+        kind: &'static str,
+    },
+    #[error("cannot reach registry {registry}: {reason} (a limit of tagpin's own, not the registry's fault)")]
+    Local {
+        registry: String,
+        reason: &'static str,
+    },
+    #[error("registry {registry}: redirect refused ({reason})")]
+    Redirect {
+        registry: String,
+        reason: &'static str,
+    },
 }
 
 impl RegistryError {
@@ -68,7 +85,12 @@ impl RegistryError {
     pub fn is_outage(&self) -> bool {
         !matches!(
             self,
-            Self::NotFound { .. } | Self::Unauthorized { .. } | Self::Forbidden { .. }
+            Self::NotFound { .. }
+                | Self::Unauthorized { .. }
+                | Self::Forbidden { .. }
+                | Self::NotAllowed { .. }
+                | Self::Redirect { .. }
+                | Self::Local { .. }
         )
     }
 
@@ -88,6 +110,8 @@ impl RegistryError {
             Self::RateLimited { .. } => "rate_limited",
             Self::Server { .. } => "server_error",
             Self::BadAnswer { .. } => "bad_answer",
+            Self::NotAllowed { .. } | Self::Redirect { .. } => "not_allowed",
+            Self::Local { .. } => "local_limit",
         }
     }
 }
@@ -102,6 +126,8 @@ pub struct RegistryOptions {
     pub connect_timeout: Duration,
     /// Upper bound for one HTTP request.
     pub request_timeout: Duration,
+    /// Which addresses may be connected to (`serve` refuses loopback, link-local, metadata).
+    pub policy: Arc<AddressPolicy>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -118,6 +144,7 @@ pub struct Http {
     client: reqwest::Client,
     insecure: HashSet<String>,
     timeout: Duration,
+    policy: Arc<AddressPolicy>,
 }
 
 impl Http {
@@ -134,13 +161,24 @@ impl Http {
         self.timeout
     }
 
-    /// Sends a request, describing a transport failure for `registry`.
+    /// Sends a request (after checking its host against the address policy), describing a
+    /// transport failure for `registry`.
     pub async fn send(
         &self,
         registry: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, RegistryError> {
-        req.send()
+        let req = req.build().map_err(|e| classify(registry, &e, self.timeout))?;
+        if let Some(host) = req.url().host_str() {
+            self.policy
+                .check_host(host)
+                .map_err(|kind| RegistryError::NotAllowed {
+                    registry: registry.to_string(),
+                    kind,
+                })?;
+        }
+        self.client
+            .execute(req)
             .await
             .map_err(|e| classify(registry, &e, self.timeout))
     }
@@ -167,7 +205,8 @@ impl RegistryClient {
             .connect_timeout(opts.connect_timeout)
             .timeout(opts.request_timeout)
             .pool_idle_timeout(Duration::from_secs(90))
-            .redirect(reqwest::redirect::Policy::limited(5));
+            .dns_resolver(Arc::new(PolicyResolver(opts.policy.clone())))
+            .redirect(redirect_policy(opts.policy.clone(), &opts.insecure));
         if let Some(pem) = &opts.extra_ca_pem {
             let certs = reqwest::Certificate::from_pem_bundle(pem)
                 .map_err(|e| ClientBuildError::BadCa(e.to_string()))?;
@@ -188,6 +227,7 @@ impl RegistryClient {
                     .map(|h| h.to_ascii_lowercase())
                     .collect(),
                 timeout: opts.request_timeout,
+                policy: opts.policy.clone(),
             },
             auth: Auth::default(),
         })
@@ -279,6 +319,39 @@ impl RegistryClient {
     pub fn clear(&self) {
         self.auth.clear();
     }
+}
+
+/// Most redirects followed for one request.
+const MAX_REDIRECTS: usize = 3;
+
+/// Why a redirect was not followed (the short cause in [`RegistryError::Redirect`]).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct RedirectRefused(&'static str);
+
+/// Redirects: at most 3, to https only (or to a registry named in `--insecure-registry`), each
+/// target checked against the address policy. reqwest drops `Authorization` when a redirect
+/// leaves the host, so a credential never follows one.
+fn redirect_policy(policy: Arc<AddressPolicy>, insecure: &[String]) -> reqwest::redirect::Policy {
+    let insecure: HashSet<String> = insecure.iter().map(|h| h.to_ascii_lowercase()).collect();
+    reqwest::redirect::Policy::custom(move |attempt| {
+        if attempt.previous().len() > MAX_REDIRECTS {
+            return attempt.error(RedirectRefused("more than 3 redirects"));
+        }
+        let url = attempt.url();
+        let host = url.host_str().unwrap_or("");
+        let hostport = match url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        if url.scheme() != "https" && !insecure.contains(&hostport.to_ascii_lowercase()) {
+            return attempt.error(RedirectRefused("not https"));
+        }
+        if let Err(kind) = policy.check_host(host) {
+            return attempt.error(NotAllowed { kind });
+        }
+        attempt.follow()
+    })
 }
 
 fn with_auth(req: reqwest::RequestBuilder, auth: Option<&str>) -> reqwest::RequestBuilder {
@@ -399,50 +472,103 @@ pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
     parts.join(": ")
 }
 
+/// A transport failure as a short cause: never the raw error text, which can quote what the
+/// other end sent (a certificate's names, an internal host's banner).
 fn classify(registry: &str, e: &reqwest::Error, timeout: Duration) -> RegistryError {
     let registry = registry.to_string();
+    let mut refused_address = None;
+    let mut redirect = None;
+    let mut tls = None;
+    let mut io_kind = None;
+    let mut no_fds = false;
+    let mut dns = false;
     // io::Error::source() skips the error it wraps, so look inside io errors explicitly.
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    let mut tls = false;
-    while let Some(s) = cur {
-        let inner = s
+    while let Some(err) = cur {
+        let inner = err
             .downcast_ref::<std::io::Error>()
-            .and_then(|io| io.get_ref())
+            .and_then(|io| {
+                io_kind.get_or_insert(io.kind());
+                // EMFILE, ENFILE: out of file descriptors, here.
+                no_fds |= matches!(io.raw_os_error(), Some(23 | 24));
+                io.get_ref()
+            })
             .map(|i| i as &(dyn std::error::Error + 'static));
-        if s.downcast_ref::<rustls::Error>().is_some()
-            || inner.is_some_and(|i| i.downcast_ref::<rustls::Error>().is_some())
-        {
-            tls = true;
+        for x in [Some(err), inner].into_iter().flatten() {
+            if let Some(n) = x.downcast_ref::<NotAllowed>() {
+                refused_address = Some(n.kind);
+            }
+            if let Some(r) = x.downcast_ref::<RedirectRefused>() {
+                redirect = Some(r.0);
+            }
+            if let Some(t) = x.downcast_ref::<rustls::Error>() {
+                tls = Some(tls_cause(t));
+            }
         }
-        cur = s.source();
+        let text = err.to_string().to_ascii_lowercase();
+        dns |= text.contains("dns error") || text.contains("failed to lookup address");
+        if tls.is_none() && (text.contains("certificate") || text.contains("handshake")) {
+            tls = Some("TLS handshake failed");
+        }
+        cur = err.source();
     }
-    // reqwest's own top line repeats the URL ("error sending request for url (…)"), and
-    // hyper-util adds "client error (Connect)"; the registry is named already, keep the causes.
-    let full = error_chain(e);
-    let reason = full
-        .split(": ")
-        .filter(|p| !p.starts_with("error sending request") && !p.starts_with("client error ("))
-        .collect::<Vec<_>>()
-        .join(": ");
-    let reason = if reason.is_empty() { full } else { reason };
-    // Some layers (hyper-util's connect error) hide the typed rustls error behind a boxed
-    // wrapper; its rendering is distinctive enough to recognise.
-    let lower = reason.to_ascii_lowercase();
-    tls |= lower.contains("peer certificate")
-        || lower.contains("certificate verify")
-        || lower.contains("handshake")
-        || lower.contains("tls");
+    if let Some(kind) = refused_address {
+        return RegistryError::NotAllowed { registry, kind };
+    }
+    if let Some(reason) = redirect {
+        return RegistryError::Redirect { registry, reason };
+    }
+    if no_fds {
+        return RegistryError::Local {
+            registry,
+            reason: "no file descriptors left",
+        };
+    }
     if e.is_timeout() {
-        RegistryError::Timeout {
+        return RegistryError::Timeout {
             registry,
             after: timeout,
+        };
+    }
+    if let Some(cause) = tls {
+        return RegistryError::Tls {
+            registry,
+            reason: cause.to_string(),
+        };
+    }
+    let reason = match io_kind {
+        _ if dns => "name not resolved",
+        Some(std::io::ErrorKind::ConnectionRefused) => "connection refused",
+        Some(std::io::ErrorKind::ConnectionReset) => "connection reset",
+        Some(std::io::ErrorKind::TimedOut) => "timed out",
+        _ if e.is_connect() => "cannot connect",
+        _ => "connection failed",
+    };
+    if e.is_connect() || dns {
+        RegistryError::Connect {
+            registry,
+            reason: reason.into(),
         }
-    } else if tls {
-        RegistryError::Tls { registry, reason }
-    } else if e.is_connect() {
-        RegistryError::Connect { registry, reason }
     } else {
-        RegistryError::Transport { registry, reason }
+        RegistryError::Transport {
+            registry,
+            reason: reason.into(),
+        }
+    }
+}
+
+fn tls_cause(e: &rustls::Error) -> &'static str {
+    match e {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForName)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::NotValidForNameContext {
+            ..
+        }) => "TLS certificate not valid for this host",
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Expired)
+        | rustls::Error::InvalidCertificate(rustls::CertificateError::ExpiredContext { .. }) => {
+            "TLS certificate expired"
+        }
+        rustls::Error::InvalidCertificate(_) => "TLS certificate not trusted",
+        _ => "TLS handshake failed",
     }
 }
 

@@ -610,6 +610,8 @@ impl Tagpin {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tagpin"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            // The test registries listen on loopback, which `serve` refuses unless allowed.
+            .args(["--allow-registry-cidr", "127.0.0.0/8"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
