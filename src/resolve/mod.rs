@@ -246,7 +246,10 @@ impl Slots {
         }
     }
 
-    async fn acquire(&self, registry: &str) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
+    async fn acquire(
+        &self,
+        registry: &str,
+    ) -> Option<(OwnedSemaphorePermit, OwnedSemaphorePermit)> {
         let n = self.per_registry_n;
         let host = self
             .per_registry

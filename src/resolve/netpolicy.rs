@@ -54,7 +54,9 @@ impl Cidr {
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX.checked_shl(128 - u32::from(self.len)).unwrap_or(0);
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.len))
+                    .unwrap_or(0);
                 u128::from(net) & mask == u128::from(ip) & mask
             }
             _ => false,
@@ -116,7 +118,7 @@ fn v6_kind(ip: Ipv6Addr) -> Option<&'static str> {
 pub struct AddressPolicy {
     enforce: bool,
     allow: Vec<Cidr>,
-    /// Hosts (no port) named in `--insecure-registry`: the operator named them, so any address.
+    /// `host[:port]` named in `--insecure-registry`: the operator named them, so any address.
     named: Vec<String>,
 }
 
@@ -128,7 +130,7 @@ impl AddressPolicy {
     /// The `serve` rules: `allow` ranges (`--allow-registry-cidr`) and the hosts named in
     /// `--insecure-registry` (`host[:port]`).
     pub fn serve(allow: Vec<Cidr>, insecure: &[String]) -> Self {
-        let named = insecure.iter().map(|h| host_of(h).to_string()).collect();
+        let named = insecure.iter().map(|h| h.to_ascii_lowercase()).collect();
         Self {
             enforce: true,
             allow,
@@ -136,9 +138,16 @@ impl AddressPolicy {
         }
     }
 
-    /// Whether `host` (no port; a name or an IP literal) was named by the operator.
-    pub fn is_named(&self, host: &str) -> bool {
-        self.named.iter().any(|n| n.eq_ignore_ascii_case(host))
+    /// Whether `hostport` (`host[:port]` as in an image) was named by the operator.
+    pub fn is_named(&self, hostport: &str) -> bool {
+        self.named.iter().any(|n| n.eq_ignore_ascii_case(hostport))
+    }
+
+    /// Whether some named registry is on `host` (DNS answers carry no port).
+    fn names_host(&self, host: &str) -> bool {
+        self.named
+            .iter()
+            .any(|n| host_of(n).eq_ignore_ascii_case(host))
     }
 
     /// `Err(kind)` when an address may not be connected to.
@@ -149,10 +158,14 @@ impl AddressPolicy {
         forbidden_kind(ip).map_or(Ok(()), Err)
     }
 
-    /// Checks a URL's host before a request: an IP literal is checked here (reqwest connects to
-    /// it without asking DNS); a name is checked by [`PolicyResolver`] at connect time.
-    pub fn check_host(&self, host: &str) -> Result<(), &'static str> {
-        if self.is_named(host) {
+    /// Checks a URL's host (and port) before a request: an IP literal is checked here (reqwest
+    /// connects to it without asking DNS); a name is checked by [`PolicyResolver`] at connect time.
+    pub fn check_host(&self, host: &str, port: Option<u16>) -> Result<(), &'static str> {
+        let hostport = match port {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        if self.is_named(&hostport) {
             return Ok(());
         }
         let literal = host.trim_start_matches('[').trim_end_matches(']');
@@ -191,10 +204,9 @@ impl reqwest::dns::Resolve for PolicyResolver {
         let policy = self.0.clone();
         Box::pin(async move {
             let host = name.as_str().to_string();
-            let addrs: Vec<SocketAddr> = tokio::net::lookup_host((host.as_str(), 0))
-                .await?
-                .collect();
-            if policy.is_named(&host) {
+            let addrs: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            if policy.names_host(&host) {
                 return Ok(Box::new(addrs.into_iter()) as reqwest::dns::Addrs);
             }
             let mut refused = None;
@@ -264,15 +276,36 @@ mod tests {
     fn allowed_ranges_and_named_hosts_open_the_door() {
         let p = AddressPolicy::serve(
             vec!["127.0.0.0/8".parse().unwrap(), "fe80::/10".parse().unwrap()],
-            &["metadata.internal:5000".into(), "169.254.10.10".into()],
+            &[
+                "metadata.internal:5000".into(),
+                "169.254.10.10".into(),
+                "127.0.0.9:5000".into(),
+            ],
         );
         assert_eq!(p.check_ip(ip("127.0.0.1")), Ok(()));
         assert_eq!(p.check_ip(ip("fe80::9")), Ok(()));
         assert_eq!(p.check_ip(ip("169.254.169.254")), Err("link-local"));
-        assert_eq!(p.check_host("169.254.10.10"), Ok(()), "named");
-        assert_eq!(p.check_host("169.254.169.254"), Err("link-local"));
-        assert_eq!(p.check_host("[::1]"), Err("loopback"), "::1 is in no allowed range");
-        assert!(p.is_named("METADATA.internal"));
+        assert_eq!(p.check_host("169.254.10.10", None), Ok(()), "named");
+        assert_eq!(
+            p.check_host("169.254.10.10", Some(80)),
+            Err("link-local"),
+            "another port"
+        );
+        assert_eq!(p.check_host("169.254.169.254", None), Err("link-local"));
+        assert_eq!(
+            p.check_host("[::1]", None),
+            Err("loopback"),
+            "::1 is in no allowed range"
+        );
+        assert!(p.is_named("METADATA.internal:5000"));
+        assert!(p.names_host("metadata.internal"));
+        let strict = AddressPolicy::serve(vec![], &["127.0.0.9:5000".into()]);
+        assert_eq!(strict.check_host("127.0.0.9", Some(5000)), Ok(()));
+        assert_eq!(
+            strict.check_host("127.0.0.9", Some(22)),
+            Err("loopback"),
+            "only the port named"
+        );
         assert_eq!(AddressPolicy::open().check_ip(ip("127.0.0.1")), Ok(()));
     }
 

@@ -168,10 +168,12 @@ impl Http {
         registry: &str,
         req: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, RegistryError> {
-        let req = req.build().map_err(|e| classify(registry, &e, self.timeout))?;
+        let req = req
+            .build()
+            .map_err(|e| classify(registry, &e, self.timeout))?;
         if let Some(host) = req.url().host_str() {
             self.policy
-                .check_host(host)
+                .check_host(host, req.url().port())
                 .map_err(|kind| RegistryError::NotAllowed {
                     registry: registry.to_string(),
                     kind,
@@ -270,6 +272,19 @@ impl RegistryClient {
                             .await
                     }
                 },
+                // A registry that does not take HEAD (405, 400…) answers a GET: not an outage.
+                s if s.is_client_error()
+                    && !matches!(
+                        s,
+                        StatusCode::UNAUTHORIZED
+                            | StatusCode::FORBIDDEN
+                            | StatusCode::NOT_FOUND
+                            | StatusCode::TOO_MANY_REQUESTS
+                    ) =>
+                {
+                    self.get_and_hash(registry, &url, auth.as_deref(), cred)
+                        .await
+                }
                 s => Err(status_error(registry, s, resp.headers(), cred)),
             };
         }
@@ -347,7 +362,7 @@ fn redirect_policy(policy: Arc<AddressPolicy>, insecure: &[String]) -> reqwest::
         if url.scheme() != "https" && !insecure.contains(&hostport.to_ascii_lowercase()) {
             return attempt.error(RedirectRefused("not https"));
         }
-        if let Err(kind) = policy.check_host(host) {
+        if let Err(kind) = policy.check_host(host, url.port()) {
             return attempt.error(NotAllowed { kind });
         }
         attempt.follow()

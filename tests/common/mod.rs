@@ -605,13 +605,20 @@ pub struct Tagpin {
 }
 
 impl Tagpin {
+    /// `tagpin serve` with `args`, allowed to reach the test registries on loopback.
     pub fn spawn(args: &[&str]) -> Self {
+        // The test registries listen on loopback, which `serve` refuses unless allowed.
+        let mut all = vec!["--allow-registry-cidr", "127.0.0.0/8"];
+        all.extend_from_slice(args);
+        Self::spawn_without_allowances(&all)
+    }
+
+    /// `tagpin serve` with `args` only (its address rules as shipped).
+    pub fn spawn_without_allowances(args: &[&str]) -> Self {
         init();
         let mut child = Command::new(env!("CARGO_BIN_EXE_tagpin"))
             .arg("serve")
             .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            // The test registries listen on loopback, which `serve` refuses unless allowed.
-            .args(["--allow-registry-cidr", "127.0.0.0/8"])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
@@ -651,6 +658,23 @@ impl Tagpin {
 
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// POSTs a review (its self-signed certificate accepted); the status and the response part.
+    pub async fn review(&self, path: &str, review: &Value) -> (u16, Value) {
+        let c = reqwest::Client::builder()
+            .danger_accept_invalid_certs(true)
+            .build()
+            .unwrap();
+        let r = c
+            .post(format!("https://{}{path}", self.https))
+            .json(review)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        (status, body["response"].clone())
     }
 
     /// The log once it contains `needle` (the reader thread may lag the HTTP answer).
