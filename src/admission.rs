@@ -144,35 +144,41 @@ pub fn plan(req: &AdmissionRequest, cfg: &AdmissionConfig) -> Plan {
         "UPDATE" => true,
         _ => return ignore("operation"),
     };
-    let Some(target) = podspec::target(&req.kind.group, &req.kind.kind) else {
+    // Built-in kinds by the table; a custom resource (an operator added its kind to the rules)
+    // by the pod-spec shapes it holds.
+    let table = podspec::target(&req.kind.group, &req.kind.kind);
+    if table.is_none() && !podspec::is_custom_group(&req.kind.group) {
         return ignore("kind");
-    };
+    }
+    let is_pod = table.is_some_and(|t| t.is_pod);
     let subresource = req.sub_resource.as_deref().unwrap_or("");
     match subresource {
         "" => {}
-        "ephemeralcontainers" if update && target.is_pod => {}
+        "ephemeralcontainers" if update && is_pod => {}
         _ => return ignore("subresource"),
     }
     let Some(object) = &req.object else {
         return ignore("no object");
     };
-    if !target.is_pod && podspec::is_controller_owned(object) {
+    let specs = podspec::pod_specs(&req.kind.group, &req.kind.kind, object);
+    if specs.is_empty() {
+        return ignore("kind");
+    }
+    if !is_pod && podspec::is_controller_owned(object) {
         return ignore("controller-owned");
     }
-    let all = podspec::find_images(object, target.spec_at);
-    let record = subresource
-        .is_empty()
-        .then(|| podspec::Record::new(object, &target, &all));
+    let all = podspec::images_of(object, &specs);
+    let record = podspec::record_of(object, &specs, &all).filter(|_| subresource.is_empty());
     // A Pod's running containers restart when their image changes, so an UPDATE pins only new
     // or changed images. A template is pinned whole: re-applying it must pick up a moved tag (a
     // rollout) and give back the identical object when the tag did not move (no rollout).
-    let sites = if update && target.is_pod {
+    let sites = if update && is_pod {
         podspec::changed_since(all, req.old_object.as_ref())
     } else {
         all
     };
-    let old_record = match (&req.old_object, update && !target.is_pod) {
-        (Some(old), true) => Some((old, podspec::Record::new(old, &target, &[]))),
+    let old_record = match (&req.old_object, update && !is_pod) {
+        (Some(old), true) => podspec::record_of(old, &specs, &[]).map(|r| (old, r)),
         _ => None,
     };
     let previous_of = |site: &ImageSite| -> Option<String> {
