@@ -805,6 +805,39 @@ mod tests {
     }
 
     #[test]
+    fn custom_resources_are_pinned_by_their_pod_spec_shape() {
+        let d = Digest::parse(D).unwrap();
+        // An Argo Rollout has a Deployment's template: found by shape, pinned and recorded.
+        let obj = deployment(&["nginx:1"]);
+        let p = plan(
+            &workload_req("CREATE", "argoproj.io", "Rollout", obj.clone(), None),
+            &cfg(),
+        );
+        assert_eq!(images(&p), vec!["nginx:1"]);
+        let dec = decide(&p, &[Outcome::Pinned(d)], Mode::Mutate, false);
+        let mut out = obj;
+        json_patch::patch(&mut out, &dec.patch).unwrap();
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["image"],
+            format!("nginx@{D}")
+        );
+        assert_eq!(
+            out["spec"]["template"]["metadata"]["annotations"]["tagpin.io/pinned"],
+            r#"{"c0":"nginx:1"}"#
+        );
+        // Owned by a controller: left alone, as a ReplicaSet is.
+        let mut owned = deployment(&["nginx:1"]);
+        owned["metadata"]["ownerReferences"] = json!([{"apiVersion": "x.io/v1", "kind": "X", "name": "x", "uid": "1", "controller": true}]);
+        let r = workload_req("CREATE", "argoproj.io", "Rollout", owned, None);
+        assert_eq!(plan(&r, &cfg()).ignored, Some("controller-owned"));
+        // A custom resource without a pod spec, and built-in kinds, are not searched.
+        let r = workload_req("CREATE", "example.com", "Widget", json!({"spec": {}}), None);
+        assert_eq!(plan(&r, &cfg()).ignored, Some("kind"));
+        let r = workload_req("CREATE", "", "Service", deployment(&["nginx:1"]), None);
+        assert_eq!(plan(&r, &cfg()).ignored, Some("kind"));
+    }
+
+    #[test]
     fn template_update_pins_every_tag_pod_update_only_changes() {
         // The old object was pinned; a re-apply brings the tag back: it is resolved again.
         let old = deployment(&[&format!("nginx@{D}"), "redis:7"]);

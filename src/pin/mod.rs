@@ -112,8 +112,12 @@ impl Report {
             Mode::Pin => format!("pinned {} image(s)", self.pinned),
             Mode::Check => "checked".to_string(),
         };
+        let edited = match mode {
+            Mode::Pin => format!(" ({} edited in place)", self.edited),
+            Mode::Check => String::new(),
+        };
         format!(
-            "{verb} in {} document(s) of {} file(s); {} problem(s)",
+            "{verb} in {} document(s){edited} of {} file(s); {} problem(s)",
             self.documents,
             self.files,
             self.problems.len() + self.invalid.len()
