@@ -308,3 +308,61 @@ proptest! {
         prop_assert_eq!(again.text, r.text);
     }
 }
+
+/// Pieces of YAML, valid and not, to build arbitrary text from.
+const PIECES: [&str; 24] = [
+    "image: nginx:1.27",
+    "\n",
+    "\r\n",
+    "  ",
+    "- ",
+    ": ",
+    "{",
+    "}",
+    "[",
+    "]",
+    ", ",
+    "'",
+    "\"",
+    "|",
+    ">-",
+    "&a ",
+    "*a",
+    "<<: ",
+    "---\n",
+    "...\n",
+    "# c",
+    "metadata:",
+    "containers:",
+    "\u{feff}",
+];
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 2048, ..ProptestConfig::default() })]
+
+    /// Any text: reading, planning and rendering never panic, and whatever is written reads
+    /// back with the same number of documents.
+    #[test]
+    fn any_text_is_handled_without_panicking(parts in prop::collection::vec(0usize..PIECES.len(), 0..40), kind in 0usize..3) {
+        let head = ["apiVersion: v1\nkind: Pod\nspec:\n  ", "kind: List\nitems:\n- kind: Pod\n  spec: ", ""][kind];
+        let input: String = std::iter::once(head).chain(parts.iter().map(|i| PIECES[*i])).collect();
+        let opts = Options {
+            mode: Mode::Pin,
+            keep_tag: false,
+            skip_prefixes: vec![],
+            lookup_timeout: Duration::from_secs(1),
+            skip_invalid: true,
+        };
+        let results = HashMap::from([(
+            "nginx:1.27".to_string(),
+            Outcome::Pinned(Digest::parse(&digest(1)).unwrap()),
+        )]);
+        let plan = pin::plan_file(Source { name: "any.yaml".into(), path: None, text: input.clone() });
+        let r = pin::render(&plan, &opts, &results, false);
+        if r.text != input {
+            let before = yaml::read(&input).docs.len();
+            prop_assert_eq!(yaml::read(&r.text).docs.len(), before, "\n{}\n----\n{}", input, r.text);
+        }
+        let _ = pin::join(&[("a".into(), input.clone()), ("b".into(), r.text)]);
+    }
+}

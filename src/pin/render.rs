@@ -182,14 +182,19 @@ fn edit_doc(
         });
     }
     // Read the edited document back on its own and compare.
-    let start = doc.span.start;
+    let span = doc.span.clone();
     let local: Vec<Edit> = edits
         .iter()
-        .map(|e| Edit {
-            at: e.at.start - start..e.at.end - start,
-            text: e.text.clone(),
-        })
-        .collect();
+        .map(
+            |e| match (e.at.start.checked_sub(span.start), e.at.end <= span.end) {
+                (Some(s), true) => Ok(Edit {
+                    at: s..e.at.end - span.start,
+                    text: e.text.clone(),
+                }),
+                _ => Err(EditError("a change falls outside its document".into())),
+            },
+        )
+        .collect::<Result<_, _>>()?;
     let edited = edit::apply(&text[doc.span.clone()], local)?;
     let back = yaml::read(&edited);
     match back.docs.as_slice() {
