@@ -768,6 +768,16 @@ mod tests {
     }
 
     #[test]
+    fn directives_tags_and_document_ends_are_read() {
+        let v = values("%YAML 1.1\n---\na: !!str 0755\nb: !!int \"12\"\n...\n---\nc: 1\n");
+        assert_eq!(v, vec![json!({"a": "0755", "b": 12}), json!({"c": 1})]);
+        assert!(read("")
+            .docs
+            .iter()
+            .all(|d| d.as_ref().is_ok_and(Document::is_empty)));
+    }
+
+    #[test]
     fn merge_keys_and_aliases_are_followed() {
         let v = &values("base: &b {x: 1, w: 2}\nm:\n  <<: *b\n  w: 3\nz: *b\n")[0];
         assert_eq!(v["m"], json!({"x": 1, "w": 3}));
