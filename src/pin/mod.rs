@@ -404,6 +404,23 @@ mod tests {
     }
 
     #[test]
+    fn skipped_documents_are_left_out_of_joined_output_and_kept_in_files() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: a, image: 'redis:7'}]\n---\nkind: [unclosed\n---\nkind: B\n";
+        let plan = super::plan_file(source(text));
+        assert_eq!(plan.invalid().len(), 1);
+        let res = results(&[("redis:7", D1)]);
+        let joined = super::render(&plan, &opts(Mode::Pin), &res, true);
+        assert!(joined.problems.is_empty(), "{:?}", joined.problems);
+        let pinned_pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{annotations: {{tagpin.io/pinned: '{{\"a\":\"redis:7\"}}'}}, name: a}}\nspec:\n  containers: [{{name: a, image: 'redis@{D1}'}}]\n");
+        assert_eq!(joined.text, format!("{pinned_pod}---\nkind: B\n"));
+        let in_file = super::render(&plan, &opts(Mode::Pin), &res, false);
+        assert_eq!(
+            in_file.text,
+            format!("{pinned_pod}---\nkind: [unclosed\n---\nkind: B\n")
+        );
+    }
+
+    #[test]
     fn a_json_document_stays_json() {
         let json_doc = "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \"Pod\",\n  \"metadata\": {\"name\": \"p\"},\n  \"spec\": {\"containers\": [{\"name\": \"a\", \"image\": \"redis:7\"}]}\n}\n";
         let plan = plan_file(source(json_doc)).unwrap();
