@@ -17,6 +17,9 @@ use serde_json::{Map, Number, Value};
 /// Deepest nesting of collections accepted (the tree and its value are built recursively).
 pub const MAX_DEPTH: usize = 100;
 
+/// Most values aliases may add to a document beyond the nodes written in it.
+pub const MAX_ALIAS_VALUES: usize = 100_000;
+
 pub type NodeId = usize;
 
 /// One node of a document, with its place in the file.
@@ -435,7 +438,18 @@ impl<'t> Builder<'t> {
             }
         };
         let nodes = std::mem::take(&mut self.nodes);
-        let value = to_value(&nodes, root, 0);
+        let mut budget = nodes.len() + MAX_ALIAS_VALUES;
+        let Some(value) = to_value(&nodes, root, 0, &mut budget) else {
+            let n = &nodes[root];
+            let p = Problem {
+                line: n.line,
+                column: n.column,
+                message: format!(
+                    "aliases expand this document to more than {MAX_ALIAS_VALUES} values beyond its own"
+                ),
+            };
+            return Err((p, n.span.start));
+        };
         let span = self.doc_start..self.offset(end.end).max(nodes[root].span.end);
         Ok(Document {
             nodes,
@@ -462,20 +476,22 @@ fn key_string(nodes: &[Node], id: NodeId) -> Option<String> {
     })
 }
 
-/// The value of a node as Kubernetes reads it. Depth is bounded by the parser and [`MAX_DEPTH`];
+/// The value of a node as Kubernetes reads it; `None` when aliases expand it beyond `budget`
+/// values (a "billion laughs" document). Depth is bounded by the parser and [`MAX_DEPTH`];
 /// aliases point backwards only, so this ends.
-fn to_value(nodes: &[Node], id: NodeId, depth: usize) -> Value {
+fn to_value(nodes: &[Node], id: NodeId, depth: usize, budget: &mut usize) -> Option<Value> {
+    *budget = budget.checked_sub(1)?;
     if depth > 2 * MAX_DEPTH {
-        return Value::Null;
+        return None;
     }
-    match &nodes[id].kind {
+    Some(match &nodes[id].kind {
         NodeKind::Scalar { .. } => scalar_value(&nodes[id].kind),
-        NodeKind::Alias(t) => to_value(nodes, *t, depth + 1),
+        NodeKind::Alias(t) => to_value(nodes, *t, depth + 1, budget)?,
         NodeKind::Seq { items, .. } => Value::Array(
             items
                 .iter()
-                .map(|i| to_value(nodes, *i, depth + 1))
-                .collect(),
+                .map(|i| to_value(nodes, *i, depth + 1, budget))
+                .collect::<Option<_>>()?,
         ),
         NodeKind::Map { entries, .. } => {
             let mut map = Map::new();
@@ -490,10 +506,11 @@ fn to_value(nodes: &[Node], id: NodeId, depth: usize) -> Value {
                         ..
                     }
                 ) && key == "<<";
+                let value = to_value(nodes, *v, depth + 1, budget)?;
                 if plain_merge {
-                    merged.push(to_value(nodes, *v, depth + 1));
+                    merged.push(value);
                 } else {
-                    map.insert(key, to_value(nodes, *v, depth + 1));
+                    map.insert(key, value);
                 }
             }
             // Explicit keys win over merged ones; earlier merged maps over later ones.
@@ -509,7 +526,7 @@ fn to_value(nodes: &[Node], id: NodeId, depth: usize) -> Value {
             }
             Value::Object(map)
         }
-    }
+    })
 }
 
 fn scalar_value(kind: &NodeKind) -> Value {
@@ -748,6 +765,24 @@ mod tests {
         assert!(read(&deep).docs[0].is_err());
         let ok = format!("{}{}", "[".repeat(MAX_DEPTH - 1), "]".repeat(MAX_DEPTH - 1));
         assert!(read(&ok).docs[0].is_ok());
+    }
+
+    #[test]
+    fn alias_expansion_is_bounded() {
+        // Nine levels of nine aliases: 9^9 values from 90 nodes.
+        let mut bomb = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n".to_string();
+        for i in 1..9 {
+            let refs = vec![format!("*a{}", i - 1); 9].join(", ");
+            bomb.push_str(&format!("a{i}: &a{i} [{refs}]\n"));
+        }
+        let e = read(&bomb).docs.remove(0).unwrap_err();
+        assert!(e.problem.message.contains("aliases expand"), "{e:?}");
+        // Aliases within the budget are fine.
+        let few = "a: &a [x, x]\nb: [*a, *a, *a]\n";
+        assert_eq!(
+            values(few)[0]["b"],
+            json!([["x", "x"], ["x", "x"], ["x", "x"]])
+        );
     }
 
     #[test]
