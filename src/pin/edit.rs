@@ -33,9 +33,20 @@ pub fn set_string(
     path: &[String],
     new: &str,
 ) -> Result<Edit, EditError> {
-    let Some(id) = doc.at(path) else {
+    let Some(id) = doc.written_at(path) else {
         return fail("the field is not in the text (a merge key?)");
     };
+    // `image: *name`: the alias is replaced, the anchored value stays for its other users.
+    if let NodeKind::Alias(_) = doc.nodes[id].kind {
+        let text = match plain_safe(new) {
+            true => new.to_string(),
+            false => single_quoted(new),
+        };
+        return Ok(Edit {
+            at: doc.nodes[id].span.clone(),
+            text,
+        });
+    }
     replace_scalar(text, doc, id, new)
 }
 
@@ -414,6 +425,14 @@ mod tests {
             out,
             "template:\n  metadata: {annotations: {k: 'v'}}\n  spec: {}\n"
         );
+    }
+
+    #[test]
+    fn an_alias_is_replaced_and_its_anchor_kept() {
+        let text = "x: &img nginx:1.27\nimage: *img\n";
+        let d = doc(text);
+        let out = edit1(text, set_string(text, &d, &p("image"), "nginx@sha256:ab"));
+        assert_eq!(out, "x: &img nginx:1.27\nimage: nginx@sha256:ab\n");
     }
 
     #[test]

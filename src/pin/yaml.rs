@@ -97,16 +97,21 @@ impl Document {
         })
     }
 
-    /// The node at a JSON pointer (decoded tokens).
+    /// The node at a JSON pointer (decoded tokens), aliases followed.
     pub fn at(&self, tokens: &[String]) -> Option<NodeId> {
-        let mut id = self.resolve(self.root);
+        self.written_at(tokens).map(|id| self.resolve(id))
+    }
+
+    /// The node written at a JSON pointer: an alias there is returned as itself.
+    pub fn written_at(&self, tokens: &[String]) -> Option<NodeId> {
+        let mut id = self.root;
         for t in tokens {
-            id = match &self.nodes[id].kind {
-                NodeKind::Map { .. } => self.get(id, t)?.1,
+            let here = self.resolve(id);
+            id = match &self.nodes[here].kind {
+                NodeKind::Map { .. } => self.get(here, t)?.1,
                 NodeKind::Seq { items, .. } => *items.get(t.parse::<usize>().ok()?)?,
                 _ => return None,
             };
-            id = self.resolve(id);
         }
         Some(id)
     }
