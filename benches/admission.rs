@@ -148,6 +148,7 @@ fn benches(c: &mut Criterion) {
         keep_tag: false,
         skip_prefixes: vec![],
         lookup_timeout: Duration::from_secs(5),
+        skip_invalid: false,
     };
     let source = pin::Source {
         name: "bench.yaml".into(),
@@ -156,9 +157,9 @@ fn benches(c: &mut Criterion) {
     };
     g.bench_function("pin_render_200_documents", |b| {
         b.iter(|| {
-            let plan = pin::plan_file(source.clone()).unwrap();
-            let r = pin::render(&plan, &opts, &results);
-            assert_eq!((r.pinned, r.notes.len()), (200, 0));
+            let plan = pin::plan_file(source.clone());
+            let r = pin::render(&plan, &opts, &results, false);
+            assert_eq!((r.pinned, r.edited, r.problems.len()), (200, 200, 0));
             black_box(r.text.len())
         })
     });

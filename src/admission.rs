@@ -142,35 +142,41 @@ pub fn plan(req: &AdmissionRequest) -> Plan {
         "UPDATE" => true,
         _ => return ignore("operation"),
     };
-    let Some(target) = podspec::target(&req.kind.group, &req.kind.kind) else {
+    // Built-in kinds by the table; a custom resource (an operator added its kind to the rules)
+    // by the pod-spec shapes it holds.
+    let table = podspec::target(&req.kind.group, &req.kind.kind);
+    if table.is_none() && !podspec::is_custom_group(&req.kind.group) {
         return ignore("kind");
-    };
+    }
+    let is_pod = table.is_some_and(|t| t.is_pod);
     let subresource = req.sub_resource.as_deref().unwrap_or("");
     match subresource {
         "" => {}
-        "ephemeralcontainers" if update && target.is_pod => {}
+        "ephemeralcontainers" if update && is_pod => {}
         _ => return ignore("subresource"),
     }
     let Some(object) = &req.object else {
         return ignore("no object");
     };
-    if !target.is_pod && podspec::is_controller_owned(object) {
+    let specs = podspec::pod_specs(&req.kind.group, &req.kind.kind, object);
+    if specs.is_empty() {
+        return ignore("kind");
+    }
+    if !is_pod && podspec::is_controller_owned(object) {
         return ignore("controller-owned");
     }
-    let all = podspec::find_images(object, target.spec_at);
-    let record = subresource
-        .is_empty()
-        .then(|| podspec::Record::new(object, &target, &all));
+    let all = podspec::images_of(object, &specs);
+    let record = podspec::record_of(object, &specs, &all).filter(|_| subresource.is_empty());
     // A Pod's running containers restart when their image changes, so an UPDATE pins only new
     // or changed images. A template is pinned whole: re-applying it must pick up a moved tag (a
     // rollout) and give back the identical object when the tag did not move (no rollout).
-    let sites = if update && target.is_pod {
+    let sites = if update && is_pod {
         podspec::changed_since(all, req.old_object.as_ref())
     } else {
         all
     };
-    let old_record = match (&req.old_object, update && !target.is_pod) {
-        (Some(old), true) => Some((old, podspec::Record::new(old, &target, &[]))),
+    let old_record = match (&req.old_object, update && !is_pod) {
+        (Some(old), true) => podspec::record_of(old, &specs, &[]).map(|r| (old, r)),
         _ => None,
     };
     let previous_of = |site: &ImageSite| -> Option<String> {
@@ -826,6 +832,39 @@ mod tests {
         pod_obj["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-1", "uid": "2", "controller": true}]);
         let p = plan(&req("CREATE", None, pod_obj, None), &cfg());
         assert_eq!(images(&p), vec!["nginx:1"]);
+    }
+
+    #[test]
+    fn custom_resources_are_pinned_by_their_pod_spec_shape() {
+        let d = Digest::parse(D).unwrap();
+        // An Argo Rollout has a Deployment's template: found by shape, pinned and recorded.
+        let obj = deployment(&["nginx:1"]);
+        let p = plan(
+            &workload_req("CREATE", "argoproj.io", "Rollout", obj.clone(), None),
+            &cfg(),
+        );
+        assert_eq!(images(&p), vec!["nginx:1"]);
+        let dec = decide(&p, &[Outcome::Pinned(d)], Mode::Mutate, false);
+        let mut out = obj;
+        json_patch::patch(&mut out, &dec.patch).unwrap();
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"][0]["image"],
+            format!("nginx@{D}")
+        );
+        assert_eq!(
+            out["spec"]["template"]["metadata"]["annotations"]["tagpin.io/pinned"],
+            r#"{"c0":"nginx:1"}"#
+        );
+        // Owned by a controller: left alone, as a ReplicaSet is.
+        let mut owned = deployment(&["nginx:1"]);
+        owned["metadata"]["ownerReferences"] = json!([{"apiVersion": "x.io/v1", "kind": "X", "name": "x", "uid": "1", "controller": true}]);
+        let r = workload_req("CREATE", "argoproj.io", "Rollout", owned, None);
+        assert_eq!(plan(&r, &cfg()).ignored, Some("controller-owned"));
+        // A custom resource without a pod spec, and built-in kinds, are not searched.
+        let r = workload_req("CREATE", "example.com", "Widget", json!({"spec": {}}), None);
+        assert_eq!(plan(&r, &cfg()).ignored, Some("kind"));
+        let r = workload_req("CREATE", "", "Service", deployment(&["nginx:1"]), None);
+        assert_eq!(plan(&r, &cfg()).ignored, Some("kind"));
     }
 
     #[test]

@@ -218,6 +218,10 @@ pub struct PinArgs {
     /// recorded tag (tagpin.io/pinned, or repo:tag@digest) no longer points to.
     #[arg(long)]
     pub check: bool,
+    /// When some inputs cannot be read (invalid YAML, duplicate keys, Helm templates), pin the
+    /// rest and exit 1 naming what was skipped, instead of writing nothing (exit 2).
+    #[arg(long)]
+    pub skip_invalid: bool,
     /// YAML files, directories (searched recursively for *.yaml and *.yml), or - for stdin.
     /// None: stdin.
     #[arg(value_name = "FILE|DIR|-")]
@@ -235,6 +239,7 @@ impl PinArgs {
             keep_tag: self.registry.keep_tag,
             skip_prefixes: self.registry.skip_prefix.clone(),
             lookup_timeout: self.registry.lookup_timeout,
+            skip_invalid: self.skip_invalid,
         }
     }
 

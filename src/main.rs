@@ -139,23 +139,51 @@ async fn resolve(args: ResolveArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn pin(args: PinArgs) -> anyhow::Result<ExitCode> {
+    use std::io::IsTerminal as _;
     init_logging(&args.registry);
-    let sources = match tagpin::pin::read_inputs(&args.inputs) {
-        Ok(s) => s,
+    let (sources, unreadable) = tagpin::pin::read_inputs(&args.inputs);
+    // Files carry no namespace: pull secrets do not apply; credential plugins and
+    // --docker-config do.
+    let admitter = build(&args.registry, Arc::new(Metrics::new()), |_| {})?;
+    let (opts, output) = (args.options(), args.output());
+    let progress = |line: &str| eprintln!("tagpin: {line}");
+    let run = tagpin::pin::run(
+        sources,
+        unreadable,
+        &admitter.resolver,
+        &opts,
+        &output,
+        &progress,
+    );
+    let report = match run.await {
+        Ok(r) => r,
         Err(e) => {
             eprintln!("tagpin: {e}");
             return Ok(ExitCode::from(2));
         }
     };
-    // Files carry no namespace: pull secrets do not apply; credential plugins and
-    // --docker-config do.
-    let admitter = build(&args.registry, Arc::new(Metrics::new()), |_| {})?;
-    match tagpin::pin::run(sources, &admitter.resolver, &args.options(), &args.output()).await {
-        Ok(report) if report.problems == 0 => Ok(ExitCode::SUCCESS),
-        Ok(_) => Ok(ExitCode::FAILURE),
-        Err(e) => {
-            eprintln!("tagpin: {e}");
-            Ok(ExitCode::from(2))
-        }
+    for w in &report.warnings {
+        eprintln!("{w}");
     }
+    for line in &report.invalid {
+        eprintln!("tagpin: {line}");
+    }
+    match (report.invalid.len(), report.skipped_invalid) {
+        (0, _) => {}
+        (n, true) => eprintln!("tagpin: skipped {n} invalid input(s) named above; pinned the rest"),
+        (n, false) => eprintln!(
+            "tagpin: {n} invalid input(s): nothing written; fix them, or pass --skip-invalid to pin the rest"
+        ),
+    }
+    for p in &report.problems {
+        eprintln!("tagpin: {p}");
+    }
+    for n in &report.notes {
+        eprintln!("tagpin: note: {n}");
+    }
+    let code = report.exit_code();
+    if std::io::stderr().is_terminal() || code != 0 || opts.mode == tagpin::pin::Mode::Check {
+        eprintln!("tagpin: {}", report.summary(opts.mode));
+    }
+    Ok(ExitCode::from(code))
 }

@@ -43,7 +43,10 @@ pub fn target(group: &str, kind: &str) -> Option<Target> {
             template_meta_at: None,
             is_pod: true,
         }),
+        // `apps/v1beta1`, `apps/v1beta2` and `batch/v1beta1` share their group with v1; the
+        // oldest workloads were served as `extensions/v1beta1`.
         ("apps", "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet")
+        | ("extensions", "Deployment" | "DaemonSet" | "ReplicaSet")
         | ("", "ReplicationController")
         | ("batch", "Job") => Some(TEMPLATE),
         ("batch", "CronJob") => Some(Target {
@@ -58,6 +61,121 @@ pub fn target(group: &str, kind: &str) -> Option<Target> {
         }),
         _ => None,
     }
+}
+
+/// Where one pod spec of an object is (found by kind, or by its shape in a custom resource).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodSpecAt {
+    /// JSON pointer tokens to the pod spec.
+    pub spec_at: Vec<String>,
+    /// JSON pointer tokens to the pod template's metadata, if there is a template.
+    pub template_meta_at: Option<Vec<String>>,
+    /// Pods are pinned even when a controller owns them; templates of owned objects never are.
+    pub is_pod: bool,
+}
+
+impl From<Target> for PodSpecAt {
+    fn from(t: Target) -> Self {
+        let owned = |s: &[&str]| s.iter().map(|t| t.to_string()).collect();
+        Self {
+            spec_at: owned(t.spec_at),
+            template_meta_at: t.template_meta_at.map(owned),
+            is_pod: t.is_pod,
+        }
+    }
+}
+
+/// True for the API group of a custom resource (`argoproj.io`, `serving.knative.dev`): dotted,
+/// and not one of Kubernetes' own `*.k8s.io` groups.
+pub fn is_custom_group(group: &str) -> bool {
+    group.contains('.') && !group.ends_with(".k8s.io") && group != "k8s.io"
+}
+
+/// How deep [`find_pod_specs`] looks into an object.
+pub const MAX_SEARCH_DEPTH: usize = 32;
+
+/// Every pod spec of an object: by the kind table, or, for a custom resource, every map holding
+/// a pod-spec shape — a `containers` list whose every item is a map with an `image` string
+/// (Knative leaves out `name`). A pod spec found under a `spec` key has its template's metadata
+/// beside it (`spec.template.spec` → `spec.template.metadata`). `metadata` and `status` at the
+/// top are not searched, nor anything inside a pod spec or deeper than [`MAX_SEARCH_DEPTH`].
+pub fn pod_specs(group: &str, kind: &str, object: &Value) -> Vec<PodSpecAt> {
+    if let Some(t) = target(group, kind) {
+        return vec![t.into()];
+    }
+    if !is_custom_group(group) {
+        return Vec::new();
+    }
+    let mut found = Vec::new();
+    if let Some(map) = object.as_object() {
+        for (k, v) in map {
+            if k != "metadata" && k != "status" {
+                search(v, &mut vec![k.clone()], &mut found);
+            }
+        }
+    }
+    found
+}
+
+/// Every image field of the pod specs `specs` of `object`.
+pub fn images_of(object: &Value, specs: &[PodSpecAt]) -> Vec<ImageSite> {
+    specs
+        .iter()
+        .flat_map(|s| find_images(object, &s.spec_at))
+        .collect()
+}
+
+/// The record of an object with these pod specs: on its metadata and its template's. An object
+/// with several pod specs gets none (their container names could collide).
+pub fn record_of(object: &Value, specs: &[PodSpecAt], sites: &[ImageSite]) -> Option<Record> {
+    match specs {
+        [one] => Some(Record::at(object, one.template_meta_at.as_deref(), sites)),
+        _ => None,
+    }
+}
+
+fn search(v: &Value, path: &mut Vec<String>, found: &mut Vec<PodSpecAt>) {
+    if path.len() > MAX_SEARCH_DEPTH {
+        return;
+    }
+    if is_pod_spec(v) {
+        let template_meta_at =
+            (path.len() >= 2 && path.last().is_some_and(|l| l == "spec")).then(|| {
+                let mut m = path[..path.len() - 1].to_vec();
+                m.push("metadata".to_string());
+                m
+            });
+        found.push(PodSpecAt {
+            spec_at: path.clone(),
+            template_meta_at,
+            is_pod: false,
+        });
+        return;
+    }
+    let children: Vec<(String, &Value)> = match v {
+        Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
+        _ => return,
+    };
+    for (k, child) in children {
+        path.push(k);
+        search(child, path, found);
+        path.pop();
+    }
+}
+
+fn is_pod_spec(v: &Value) -> bool {
+    v.get("containers")
+        .and_then(Value::as_array)
+        .is_some_and(|c| {
+            !c.is_empty()
+                && c.iter()
+                    .all(|c| c.get("image").and_then(Value::as_str).is_some())
+        })
 }
 
 /// The JSON pointer (as tokens) to the pod spec inside an object of this kind, or `None` when
@@ -87,9 +205,9 @@ pub fn is_controller_owned(object: &Value) -> bool {
 /// Every image field in the pod spec at `spec_at` inside `object`: `containers[].image`,
 /// `initContainers[].image`, `ephemeralContainers[].image` and `volumes[].image.reference`.
 /// Fields that are absent or not strings are skipped (the API server validates them).
-pub fn find_images(object: &Value, spec_at: &[&str]) -> Vec<ImageSite> {
-    let base = PointerBuf::from_tokens(spec_at.iter().copied());
-    let Some(spec) = spec_at.iter().try_fold(object, |v, t| v.get(t)) else {
+pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSite> {
+    let base = PointerBuf::from_tokens(spec_at.iter().map(AsRef::as_ref));
+    let Some(spec) = spec_at.iter().try_fold(object, |v, t| v.get(t.as_ref())) else {
         return Vec::new();
     };
     let mut sites = Vec::new();
@@ -195,14 +313,24 @@ impl Record {
     /// Reads the record state of `object`, whose image sites are `sites` (all of them, not only
     /// those to pin now).
     pub fn new(object: &Value, target: &Target, sites: &[ImageSite]) -> Self {
-        let mut at: Vec<&[&str]> = vec![&["metadata"]];
-        at.extend(target.template_meta_at);
+        let meta = target
+            .template_meta_at
+            .map(|m| m.iter().map(|t| t.to_string()).collect::<Vec<_>>());
+        Self::at(object, meta.as_deref(), sites)
+    }
+
+    /// [`Record::new`] for a pod spec found anywhere: the object's metadata and, if given, the
+    /// template's.
+    pub fn at(object: &Value, template_meta_at: Option<&[String]>, sites: &[ImageSite]) -> Self {
+        let object_meta = ["metadata".to_string()];
+        let mut at: Vec<&[String]> = vec![&object_meta];
+        at.extend(template_meta_at);
         let mut metas = Vec::new();
         let mut existing = BTreeMap::new();
         for tokens in at {
             let meta = tokens
                 .iter()
-                .try_fold(object, |v, t| v.get(t))
+                .try_fold(object, |v, t| v.get(t.as_str()))
                 .filter(|m| m.is_object());
             let state = match meta.map(|m| m.get("annotations").filter(|a| a.is_object())) {
                 None => MetaState::Absent,
@@ -216,7 +344,10 @@ impl Record {
                     MetaState::Annotations(current.map(str::to_string))
                 }
             };
-            metas.push((PointerBuf::from_tokens(tokens.iter().copied()), state));
+            metas.push((
+                PointerBuf::from_tokens(tokens.iter().map(String::as_str)),
+                state,
+            ));
         }
         let digest_keys = sites
             .iter()
@@ -483,6 +614,81 @@ mod tests {
         assert!(target("", "ConfigMap").is_none());
         assert_eq!(api_group("apps/v1"), "apps");
         assert_eq!(api_group("v1"), "");
+    }
+
+    #[test]
+    fn legacy_api_groups_use_the_same_paths() {
+        for (api_version, kind, want) in [
+            ("extensions/v1beta1", "DaemonSet", "/spec/template/spec"),
+            ("extensions/v1beta1", "Deployment", "/spec/template/spec"),
+            ("extensions/v1beta1", "ReplicaSet", "/spec/template/spec"),
+            ("apps/v1beta1", "Deployment", "/spec/template/spec"),
+            ("apps/v1beta1", "StatefulSet", "/spec/template/spec"),
+            ("apps/v1beta2", "DaemonSet", "/spec/template/spec"),
+            (
+                "batch/v1beta1",
+                "CronJob",
+                "/spec/jobTemplate/spec/template/spec",
+            ),
+        ] {
+            let t = target(api_group(api_version), kind)
+                .unwrap_or_else(|| panic!("{api_version} {kind}"));
+            let got = PointerBuf::from_tokens(t.spec_at.iter().copied());
+            assert_eq!(got.as_str(), want, "{api_version} {kind}");
+        }
+    }
+
+    #[test]
+    fn pod_spec_shapes_are_found_in_custom_resources() {
+        let rollout = json!({
+            "apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": "r"},
+            "spec": {"template": {"metadata": {"labels": {}}, "spec": {
+                "containers": [{"name": "web", "image": "nginx:1.27"}]}}}
+        });
+        let found = pod_specs("argoproj.io", "Rollout", &rollout);
+        assert_eq!(
+            found,
+            vec![PodSpecAt {
+                spec_at: vec!["spec".into(), "template".into(), "spec".into()],
+                template_meta_at: Some(vec!["spec".into(), "template".into(), "metadata".into()]),
+                is_pod: false,
+            }]
+        );
+        // Knative: no container name.
+        let ksvc = json!({"spec": {"template": {"spec": {"containers": [{"image": "app:1"}]}}}});
+        let found = pod_specs("serving.knative.dev", "Service", &ksvc);
+        assert_eq!(found.len(), 1);
+        let sites = find_images(&ksvc, &found[0].spec_at);
+        assert_eq!(
+            sites[0].pointer.as_str(),
+            "/spec/template/spec/containers/0/image"
+        );
+        // Not a pod spec: an item without an image; built-in groups are never searched.
+        let no = json!({"spec": {"containers": [{"image": "a:1"}, {"name": "b"}]}});
+        assert!(pod_specs("example.com", "X", &no).is_empty());
+        assert!(pod_specs("", "ConfigMap", &ksvc).is_empty());
+        assert!(pod_specs("networking.k8s.io", "Ingress", &ksvc).is_empty());
+        // Status is not searched.
+        let st = json!({"status": {"containers": [{"image": "a:1"}]}});
+        assert!(pod_specs("example.com", "X", &st).is_empty());
+    }
+
+    #[test]
+    fn the_shape_search_is_bounded_in_depth() {
+        let mut v = json!({"containers": [{"image": "a:1"}]});
+        for _ in 0..MAX_SEARCH_DEPTH + 1 {
+            v = json!({ "x": v });
+        }
+        assert!(pod_specs("example.com", "X", &json!({ "spec": v.clone() })).is_empty());
+        let mut v = json!({"containers": [{"image": "a:1"}]});
+        for _ in 0..MAX_SEARCH_DEPTH - 2 {
+            v = json!({ "x": v });
+        }
+        assert_eq!(
+            pod_specs("example.com", "X", &json!({ "spec": v })).len(),
+            1
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMESPACE = "tagpin-system"
 # Each overlay that installs tagpin, by the file scripts/check-manifests renders it to.
-INSTALLS = ("default", "cert-manager", "plain", "servicemonitor")
+INSTALLS = ("default", "cert-manager", "plain", "servicemonitor", "argo-rollouts")
 
 _RENDERED = {}
 
@@ -109,6 +109,9 @@ WORKLOAD_RULES = {
     ("", "v1", r, ("CREATE", "UPDATE")) for r in ("replicationcontrollers", "podtemplates")
 } | {("batch", "v1", r, ("CREATE", "UPDATE")) for r in ("jobs", "cronjobs")}
 
+# What components/argo-rollouts adds, to workloads.tagpin.io only.
+ROLLOUT_RULES = {("argoproj.io", "v1alpha1", "rollouts", ("CREATE", "UPDATE"))}
+
 # name -> (path, failurePolicy, namespace label, value, rules)
 EXPECTED = {
     "pods.tagpin.io": ("/mutate", "Ignore", "tagpin.io/mode", "enabled", POD_RULES),
@@ -146,6 +149,8 @@ class WebhookConfiguration(unittest.TestCase):
         for install, wh, _ in self.each():
             with self.subTest(install=install, webhook=wh["name"]):
                 path, policy, _, _, rules = EXPECTED[wh["name"]]
+                if install == "argo-rollouts" and wh["name"] == "workloads.tagpin.io":
+                    rules = rules | ROLLOUT_RULES
                 self.assertEqual(wh["clientConfig"]["service"]["path"], path)
                 self.assertEqual(wh["failurePolicy"], policy)
                 self.assertEqual(rules_of(wh), rules)
