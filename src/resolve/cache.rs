@@ -101,6 +101,11 @@ impl DigestCache {
         let result = self
             .inflight
             .try_get_with(key.clone(), async move {
+                // A load for this key may have finished between the caller's look at the cache
+                // and now (its in-flight entry already gone): then that answer stands.
+                if let Some(d) = self.fresh(&k).await {
+                    return Ok(d);
+                }
                 let digest = load.await?;
                 let entry = Known {
                     digest: digest.clone(),
