@@ -28,6 +28,7 @@ when it is `tagpin serve`, the next command waits until /readyz answers.
     python3 -m unittest discover -s tests/docs -v
 """
 
+import difflib
 import os
 import re
 import shutil
@@ -271,9 +272,9 @@ class Commands(unittest.TestCase):
                 where = f"{doc}:{cmd.line}: $ {cmd.text}"
                 self.assertEqual(code, 0, f"{where}\nexited {code}:\n" + "\n".join(lines))
                 if not cmd.background:
+                    diff = "\n".join(difflib.unified_diff(cmd.expected, lines, "README shows", "it printed", lineterm=""))
                     self.assertTrue(matches(cmd.expected, lines),
-                                    f"{where}\nREADME shows:\n" + "\n".join(cmd.expected)
-                                    + "\n\nbut it printed:\n" + "\n".join(lines))
+                                    f"{where}\nthe output is not what the README shows (`…` matches anything):\n{diff}")
         finally:
             session.close()
 
