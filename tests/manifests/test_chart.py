@@ -326,8 +326,12 @@ class Rendering(unittest.TestCase):
         self.assertEqual(len([d for d in docs if d["kind"] == "Secret"]), 1)
 
     def test_ca_bundle_as_pem_or_base64(self):
-        with open(os.path.join(_tmp_ca(), "ca.crt"), "rb") as f:
-            pem = f.read()
+        with tempfile.TemporaryDirectory() as d:
+            subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                            "-nodes", "-keyout", os.path.join(d, "ca.key"), "-subj", "/CN=test-ca", "-days", "1",
+                            "-out", os.path.join(d, "ca.crt")], check=True, capture_output=True)
+            with open(os.path.join(d, "ca.crt"), "rb") as f:
+                pem = f.read()
         b64 = base64.b64encode(pem).decode()
         with tempfile.NamedTemporaryFile("wb", suffix=".crt") as f:
             f.write(pem)
@@ -404,14 +408,6 @@ class Notes(unittest.TestCase):
         text = self.notes("--set", "webhooks.enforce.enabled=false", "--set", "certManager.enabled=true")
         self.assertNotIn("tagpin.io/mode=enforce", text)
         self.assertIn("serving certificate: cert-manager", text)
-
-
-def _tmp_ca():
-    d = tempfile.mkdtemp(prefix="tagpin-chart-ca-")
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-                    "-keyout", os.path.join(d, "ca.key"), "-subj", "/CN=test-ca", "-days", "1",
-                    "-out", os.path.join(d, "ca.crt")], check=True, capture_output=True)
-    return d
 
 
 def tagpin_binary():
