@@ -1,5 +1,7 @@
 """Checks on the rendered install manifests that schemas cannot express: the webhook
 configuration does what manifests/README.md promises, and agrees with the Deployment's flags.
+Every check runs on the kustomize renders and on the Helm chart's (helm-*: charts/tagpin in each
+certificate mode).
 
 Reads the renders made by `scripts/check-manifests` (directory in $TAGPIN_RENDERED_DIR); run alone,
 it makes them itself with `scripts/check-manifests render` (kubectl must be on PATH). Needs PyYAML.
@@ -18,8 +20,15 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMESPACE = "tagpin-system"
-# Each overlay that installs tagpin, by the file scripts/check-manifests renders it to.
-INSTALLS = ("default", "cert-manager", "plain", "servicemonitor", "argo-rollouts")
+# Each overlay that installs tagpin, and each chart render, by the file scripts/check-manifests
+# renders it to.
+KUSTOMIZE = ("default", "cert-manager", "plain", "servicemonitor", "argo-rollouts")
+CHART = ("helm-default", "helm-cert-manager", "helm-generated", "helm-existing-secret", "helm-servicemonitor")
+INSTALLS = KUSTOMIZE + CHART
+# How each gets its serving certificate.
+CERT_MANAGER = ("default", "cert-manager", "servicemonitor", "argo-rollouts", "helm-cert-manager", "helm-servicemonitor")
+SECRET_IN_RENDER = ("plain", "helm-default", "helm-generated")   # Secret and caBundle rendered together
+EXISTING_SECRET = ("helm-existing-secret",)                       # Secret made by the operator
 
 _RENDERED = {}
 
@@ -203,8 +212,11 @@ class WebhookConfiguration(unittest.TestCase):
 
     def test_tagpin_namespace_as_installed_never_matches(self):
         for install in INSTALLS:
-            ns = one(install, "Namespace", NAMESPACE)
-            labels = ns_labels(NAMESPACE, **ns["metadata"].get("labels", {}))
+            # The chart leaves the namespace to `helm install --create-namespace`: no labels but
+            # the one the API server sets.
+            found = objects(install, "Namespace")
+            self.assertEqual(len(found), 1 if install in KUSTOMIZE else 0, install)
+            labels = ns_labels(NAMESPACE, **(found[0]["metadata"].get("labels", {}) if found else {}))
             for wh in one(install, "MutatingWebhookConfiguration")["webhooks"]:
                 self.assertFalse(selects(wh["namespaceSelector"], labels), (install, wh["name"]))
 
@@ -260,9 +272,12 @@ class Deployment(unittest.TestCase):
             secret = vol["secret"]["secretName"]
             self.assertEqual(os.path.dirname(key), mount["mountPath"].rstrip("/"))
             files = {os.path.basename(cert), os.path.basename(key)}
-            if install == "plain":
+            if install in SECRET_IN_RENDER:
                 data = one(install, "Secret", secret)["data"]
                 self.assertLessEqual(files, set(data))
+            elif install in EXISTING_SECRET:
+                self.assertEqual(objects(install, "Secret"), [], "the operator's Secret is not the chart's")
+                self.assertEqual(secret, "tagpin-tls")   # as scripts/check-manifests names it
             else:
                 issued = [x for x in objects(install, "Certificate") if x["spec"]["secretName"] == secret]
                 self.assertEqual(len(issued), 1, f"no cert-manager Certificate writes Secret {secret}")
@@ -298,8 +313,18 @@ class ServerFlags(unittest.TestCase):
 
 
 class Certificates(unittest.TestCase):
+    def test_every_install_has_one_certificate_source(self):
+        self.assertEqual(sorted(CERT_MANAGER + SECRET_IN_RENDER + EXISTING_SECRET), sorted(INSTALLS))
+        for install in INSTALLS:
+            mwc = one(install, "MutatingWebhookConfiguration", "tagpin")
+            injected = "cert-manager.io/inject-ca-from" in mwc["metadata"].get("annotations", {})
+            bundles = [w["clientConfig"].get("caBundle") for w in mwc["webhooks"]]
+            self.assertEqual(injected, install in CERT_MANAGER, install)
+            self.assertEqual(all(bundles), install not in CERT_MANAGER, install)
+            self.assertEqual(bool(objects(install, "Certificate")), install in CERT_MANAGER, install)
+
     def test_cert_manager_injects_the_ca_of_the_serving_certificate(self):
-        for install in ("default", "cert-manager", "servicemonitor"):
+        for install in CERT_MANAGER:
             mwc = one(install, "MutatingWebhookConfiguration", "tagpin")
             ns, name = mwc["metadata"]["annotations"]["cert-manager.io/inject-ca-from"].split("/")
             self.assertEqual(ns, NAMESPACE)
@@ -317,15 +342,35 @@ class Certificates(unittest.TestCase):
             self.assertTrue(ca["spec"]["isCA"])
             self.assertIn("selfSigned", one(install, "Issuer", ca["spec"]["issuerRef"]["name"])["spec"])
 
-    def test_plain_overlay_carries_its_ca_in_every_webhook(self):
-        secret = one("plain", "Secret", "tagpin-tls")
-        self.assertEqual(secret["type"], "kubernetes.io/tls")
-        ca_pem = base64.b64decode("".join(secret["data"]["ca.crt"].split()))
-        self.assertTrue(ca_pem.startswith(b"-----BEGIN CERTIFICATE-----"), ca_pem[:40])
-        mwc = one("plain", "MutatingWebhookConfiguration", "tagpin")
-        self.assertNotIn("cert-manager.io/inject-ca-from", mwc["metadata"].get("annotations", {}))
-        for wh in mwc["webhooks"]:
-            self.assertEqual(base64.b64decode("".join(wh["clientConfig"]["caBundle"].split())), ca_pem, wh["name"])
+    def test_rendered_secret_carries_its_ca_in_every_webhook(self):
+        for install in SECRET_IN_RENDER:
+            with self.subTest(install=install):
+                secret = one(install, "Secret", "tagpin-tls")
+                self.assertEqual(secret["type"], "kubernetes.io/tls")
+                ca_pem = base64.b64decode("".join(secret["data"]["ca.crt"].split()))
+                self.assertTrue(ca_pem.startswith(b"-----BEGIN CERTIFICATE-----"), ca_pem[:40])
+                mwc = one(install, "MutatingWebhookConfiguration", "tagpin")
+                self.assertNotIn("cert-manager.io/inject-ca-from", mwc["metadata"].get("annotations", {}))
+                for wh in mwc["webhooks"]:
+                    self.assertEqual(base64.b64decode("".join(wh["clientConfig"]["caBundle"].split())), ca_pem, wh["name"])
+
+    def test_existing_secret_mode_carries_the_given_ca(self):
+        for install in EXISTING_SECRET:
+            for wh in one(install, "MutatingWebhookConfiguration", "tagpin")["webhooks"]:
+                pem = base64.b64decode("".join(wh["clientConfig"]["caBundle"].split()))
+                self.assertTrue(pem.startswith(b"-----BEGIN CERTIFICATE-----"), (install, wh["name"]))
+
+
+class Monitoring(unittest.TestCase):
+    def test_service_monitor_selects_the_service_and_its_metrics_port(self):
+        for install in ("servicemonitor", "helm-servicemonitor"):
+            sm = one(install, "ServiceMonitor", "tagpin")
+            svc = one(install, "Service", "tagpin")
+            self.assertTrue(selects(sm["spec"]["selector"], svc["metadata"]["labels"]), install)
+            self.assertIn(svc["metadata"]["namespace"], sm["spec"]["namespaceSelector"]["matchNames"])
+            ports = {p["name"] for p in svc["spec"]["ports"]}
+            for ep in sm["spec"]["endpoints"]:
+                self.assertIn(ep["port"], ports, install)
 
 
 if __name__ == "__main__":
