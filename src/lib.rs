@@ -8,9 +8,11 @@
 pub mod admission;
 pub mod cli;
 pub mod cluster;
+pub mod logging;
 pub mod metrics;
 pub mod pin;
 pub mod podspec;
+pub mod prune;
 pub mod reference;
 pub mod resolve;
 pub mod server;
