@@ -654,7 +654,7 @@ impl Admitter {
         Ok(response(api_version, req.uid, &decision))
     }
 
-    /// The answer to a review that waited its whole deadline for a slot (more than
+    /// The answer to a review that waited too long for a slot (more than
     /// `--max-concurrent-reviews` in flight): allowed unchanged with a warning on `/mutate`,
     /// denied on `/enforce`. Reads only the review's uid.
     pub fn overloaded(
@@ -674,7 +674,7 @@ impl Admitter {
         };
         let why = format!(
             "tagpin: limit: more than {limit} reviews in flight (--max-concurrent-reviews); no slot within {}",
-            humantime::format_duration(self.config.resolve_timeout)
+            humantime::format_duration(started.elapsed())
         );
         let allowed = mode == Mode::Mutate;
         let d = Decision {

@@ -44,6 +44,9 @@ pub const KEPT_STRINGS: &[&str] = &[
     "kind",
 ];
 
+/// Kept strings that only identify something: a map holding nothing else is dropped.
+const NAME_KEYS: &[&str] = &["name", "generateName", "apiVersion", "kind"];
+
 /// Most values (maps, lists, list slots and strings) kept from one object. A real pod keeps a
 /// few dozen; 65,536 is far beyond any valid workload and bounds the pruned value to a few MiB.
 pub const MAX_KEPT_NODES: usize = 65_536;
@@ -118,8 +121,8 @@ enum Ctx<'k> {
     Annotations,
     /// The value of the `tagpin.io/pinned` annotation.
     Record,
-    /// An element of a list.
-    Element,
+    /// An element of the list under this key.
+    Element(&'k str),
 }
 
 struct Node<'b, 'k> {
@@ -141,6 +144,15 @@ impl Node<'_, '_> {
             Ctx::Record => true,
             _ => false,
         }
+    }
+
+    /// Maps holding nothing but names (an `env` entry, a `configMap` volume source) are dropped,
+    /// except where a name is what is read: metadata and pull-secret references.
+    fn keeps_names_only(&self) -> bool {
+        matches!(
+            self.ctx,
+            Ctx::Root | Ctx::Field("metadata") | Ctx::Element("imagePullSecrets")
+        )
     }
 
     fn keeps_empty_map(&self) -> bool {
@@ -195,9 +207,13 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 return Ok(None);
             }
+            let parent = match self.ctx {
+                Ctx::Field(k) => k,
+                _ => "",
+            };
             let node = Node {
                 budget: self.budget,
-                ctx: Ctx::Element,
+                ctx: Ctx::Element(parent),
             };
             match seq.next_element_seed(node)? {
                 None => break,
@@ -245,6 +261,10 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
             }
         }
         if self.budget.over.get() || (out.is_empty() && !self.keeps_empty_map()) {
+            return Ok(None);
+        }
+        let names_only = !out.is_empty() && out.keys().all(|k| NAME_KEYS.contains(&k.as_str()));
+        if names_only && !self.keeps_names_only() {
             return Ok(None);
         }
         Ok(self.budget.take(1).then_some(Value::Object(out)))
@@ -300,10 +320,10 @@ mod tests {
                     "serviceAccountName": "builder",
                     "imagePullSecrets": [{"name": "regcred"}],
                     "containers": [
-                        {"name": "web", "image": "nginx:1", "env": [{"name": "A"}]},
-                        {"name": "noimage"}
+                        {"name": "web", "image": "nginx:1"},
+                        null
                     ],
-                    "volumes": [{"name": "cfg", "configMap": {"name": "c"}}, {"name": "m", "image": {"reference": "models:1"}}]
+                    "volumes": [null, {"name": "m", "image": {"reference": "models:1"}}]
                 }
             })
         );

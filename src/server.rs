@@ -183,9 +183,12 @@ async fn admit(state: &AppState, mode: Mode, req: Request) -> Response {
         return too_large(max);
     }
     let hint = declared.unwrap_or(64 << 10);
-    let deadline = started + state.admitter.config.resolve_timeout;
-    // Wait for a slot before reading the body: waiting reviews hold no body.
-    let slot = tokio::time::timeout_at(deadline.into(), state.slots.clone().acquire_owned()).await;
+    let budget = state.admitter.config.resolve_timeout;
+    let deadline = started + budget;
+    // Wait for a slot before reading the body: waiting reviews hold no body. At most three
+    // quarters of the deadline, so a review that gets a slot still has time to resolve.
+    let slot_by = started + budget.mul_f64(0.75);
+    let slot = tokio::time::timeout_at(slot_by.into(), state.slots.clone().acquire_owned()).await;
     match slot {
         Ok(Ok(_slot)) => {
             let body = match read_body(req.into_body(), max, hint, deadline).await {
