@@ -44,7 +44,13 @@ impl Server {
             .arg(format!("{limit}exec \"$0\" \"$@\""))
             // TAGPIN_TEST_BIN runs these against another build (main's, to see them fail).
             .arg(std::env::var("TAGPIN_TEST_BIN").unwrap_or(env!("CARGO_BIN_EXE_tagpin").into()))
-            .args(["serve", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+            .args([
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--metrics-listen",
+                "127.0.0.1:0",
+            ])
             .arg("--tls-cert")
             .arg(&cert)
             .arg("--tls-key")
@@ -194,7 +200,12 @@ async fn row1_a_3_mib_review_costs_at_most_3x_its_size_and_larger_ones_get_413()
     let c = tp.client();
     let url = format!("https://{}/mutate", tp.https);
     // Warm up: the first review pays for one-time set-up.
-    let (s, _) = post(&c, &url, serde_json::to_vec(&pod_review("w", &["a:1"])).unwrap()).await;
+    let (s, _) = post(
+        &c,
+        &url,
+        serde_json::to_vec(&pod_review("w", &["a:1"])).unwrap(),
+    )
+    .await;
     assert_eq!(s, 200);
     let body = big_review("big-1", (3 << 20) - 4096);
     assert!(body.len() <= 3 << 20 && body.len() > 3_000_000);
@@ -220,12 +231,18 @@ async fn row1_a_3_mib_review_costs_at_most_3x_its_size_and_larger_ones_get_413()
         assert_eq!(t.await.unwrap(), 200);
     }
     let hwm = tp.hwm();
-    assert!(hwm < 200 << 20, "peak RSS {hwm} bytes with 16 reviews of 3 MiB");
+    assert!(
+        hwm < 200 << 20,
+        "peak RSS {hwm} bytes with 16 reviews of 3 MiB"
+    );
 
     // One byte over: 413, before the body is read.
     let (s, out) = post(&c, &url, vec![b' '; (3 << 20) + 1]).await;
     assert_eq!(s, 413, "{out}");
-    assert!(out["error"].as_str().unwrap().contains("--max-body"), "{out}");
+    assert!(
+        out["error"].as_str().unwrap().contains("--max-body"),
+        "{out}"
+    );
     eprintln!(
         "row 1: body {} bytes, peak RSS +{} bytes; 16 at once: peak {} bytes, now {}",
         body.len(),
@@ -294,7 +311,10 @@ async fn row2_a_connection_flood_under_1024_open_files_starves_nothing_and_is_cl
     let tp = Server::start(Some(1024), &[]);
     // The soft limit was raised to the hard one.
     let limits = std::fs::read_to_string(format!("/proc/{}/limits", tp.pid())).unwrap();
-    let line = limits.lines().find(|l| l.starts_with("Max open files")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
     let f: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(f[3], f[4], "soft limit raised to the hard limit: {line}");
     let base_fds = tp.fds();
@@ -354,7 +374,8 @@ async fn row2_a_connection_flood_under_1024_open_files_starves_nothing_and_is_cl
     let silent_closed = tokio::task::spawn_blocking(move || {
         idle.iter_mut()
             .filter_map(|s| {
-                s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
                 closed_within(s, Duration::from_secs(20)).then_some(())
             })
             .count()
@@ -486,7 +507,12 @@ fn row12_enforce_does_not_honour_the_pod_skip_label() {
         .filter_map(|d| d["webhooks"].as_array())
         .flatten()
         .collect();
-    let path = |h: &Value| h["clientConfig"]["service"]["path"].as_str().unwrap_or("").to_string();
+    let path = |h: &Value| {
+        h["clientConfig"]["service"]["path"]
+            .as_str()
+            .unwrap_or("")
+            .to_string()
+    };
     let enforce: Vec<&&Value> = hooks.iter().filter(|h| path(h) == "/enforce").collect();
     let mutate: Vec<&&Value> = hooks.iter().filter(|h| path(h) == "/mutate").collect();
     assert!(!enforce.is_empty() && !mutate.is_empty(), "{hooks:?}");
@@ -496,7 +522,9 @@ fn row12_enforce_does_not_honour_the_pod_skip_label() {
             "the enforce webhook must not let a pod opt out: {h}"
         );
     }
-    assert!(mutate.iter().all(|h| h.to_string().contains("tagpin.io/skip")));
+    assert!(mutate
+        .iter()
+        .all(|h| h.to_string().contains("tagpin.io/skip")));
 }
 
 #[tokio::test]
@@ -509,12 +537,7 @@ async fn client_ca_refuses_clients_without_a_certificate_it_signed() {
     let url = format!("https://{}/mutate", tp.https);
     let body = serde_json::to_vec(&pod_review("mtls", &[&format!("a@{D}")])).unwrap();
     // No client certificate: the handshake fails, nothing is answered.
-    let anonymous = tp
-        .client()
-        .post(&url)
-        .body(body.clone())
-        .send()
-        .await;
+    let anonymous = tp.client().post(&url).body(body.clone()).send().await;
     assert!(anonymous.is_err(), "{anonymous:?}");
     // Signed by another CA: refused as well.
     let other = TestCa::new();
@@ -528,13 +551,20 @@ async fn client_ca_refuses_clients_without_a_certificate_it_signed() {
             .build()
             .unwrap()
     };
-    assert!(with(&other).post(&url).body(body.clone()).send().await.is_err());
+    assert!(with(&other)
+        .post(&url)
+        .body(body.clone())
+        .send()
+        .await
+        .is_err());
     // Signed by the CA: answered.
     let (s, out) = post(&with(&clients), &url, body).await;
     assert_eq!(s, 200, "{out}");
     assert_eq!(out["response"]["uid"], "mtls");
     // The probe port needs no certificate.
-    let ready = reqwest::get(format!("http://{}/readyz", tp.metrics)).await.unwrap();
+    let ready = reqwest::get(format!("http://{}/readyz", tp.metrics))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
 }
 
@@ -608,7 +638,11 @@ fn h1_load(addr: String, ca_pem: String, sigterm: impl FnOnce()) -> LoadResult {
                 };
                 let mut s = BufReader::new(s);
                 loop {
-                    if s.get_mut().write_all(&request).and_then(|()| s.get_mut().flush()).is_err() {
+                    if s.get_mut()
+                        .write_all(&request)
+                        .and_then(|()| s.get_mut().flush())
+                        .is_err()
+                    {
                         // Not all written: the server had already closed; nothing was lost.
                         continue 'conn;
                     }
