@@ -516,6 +516,15 @@ impl ConnState {
     fn now(&self) -> u64 {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
+    fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            now: self.now(),
+            last_io: self.last_io.load(Ordering::Relaxed),
+            head_since: self.head_since.load(Ordering::SeqCst),
+            last_request: self.last_request.load(Ordering::Relaxed),
+            in_flight: self.in_flight.load(Ordering::SeqCst),
+        }
+    }
     fn on_read(&self) {
         let now = self.now();
         self.last_io.store(now, Ordering::Relaxed);
@@ -537,6 +546,49 @@ impl ConnState {
         self.last_request.store(self.now(), Ordering::Relaxed);
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
+}
+
+/// One look at a connection's timers (milliseconds since it was accepted).
+#[derive(Clone, Copy, Debug, Default)]
+struct Snapshot {
+    now: u64,
+    last_io: u64,
+    /// 1 + when the pending request head began; 0 when none is pending.
+    head_since: u64,
+    last_request: u64,
+    in_flight: usize,
+}
+
+/// What the watchdog does with a connection.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Keep,
+    /// Close now, without an answer: a request head took longer than [`HEADER_READ_TIMEOUT`].
+    Drop,
+    /// Close once nothing is under way (HTTP/2: GOAWAY first).
+    Close,
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The head, idle and drain rules. Pure.
+fn verdict(s: &Snapshot, h2: bool, draining: bool) -> Verdict {
+    if s.in_flight > 0 {
+        return Verdict::Keep;
+    }
+    let head_pending = s.head_since > 0;
+    if !h2 && head_pending && s.now.saturating_sub(s.head_since - 1) > ms(HEADER_READ_TIMEOUT) {
+        return Verdict::Drop;
+    }
+    let idle = s.now.saturating_sub(s.last_request);
+    let quiet = s.now.saturating_sub(s.last_io);
+    let drained = draining && !h2 && !head_pending && quiet >= ms(DRAIN_QUIET);
+    if (idle >= ms(IDLE_TIMEOUT) && !head_pending) || drained {
+        return Verdict::Close;
+    }
+    Verdict::Keep
 }
 
 /// Decrements `in_flight` even when the request future is dropped.
@@ -695,7 +747,6 @@ where
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut draining = false;
     let mut closing = false;
-    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
     loop {
         tokio::select! {
             r = conn.as_mut() => {
@@ -715,21 +766,19 @@ where
                 }
             }
             _ = tick.tick() => {
-                if closing || state.in_flight.load(Ordering::SeqCst) > 0 {
+                if closing {
                     continue;
                 }
-                let now = state.now();
-                let head = state.head_since.load(Ordering::SeqCst);
-                if !h2 && head > 0 && now.saturating_sub(head - 1) > ms(HEADER_READ_TIMEOUT) {
-                    tracing::debug!("request head not received in time: closing the connection");
-                    return;
-                }
-                let idle = now.saturating_sub(state.last_request.load(Ordering::Relaxed));
-                let quiet = now.saturating_sub(state.last_io.load(Ordering::Relaxed));
-                let drained = draining && !h2 && head == 0 && quiet >= ms(DRAIN_QUIET);
-                if idle >= ms(IDLE_TIMEOUT) && head == 0 || drained {
-                    closing = true;
-                    conn.as_mut().graceful_shutdown();
+                match verdict(&state.snapshot(), h2, draining) {
+                    Verdict::Keep => {}
+                    Verdict::Drop => {
+                        tracing::debug!("request head not received in time: closing the connection");
+                        return;
+                    }
+                    Verdict::Close => {
+                        closing = true;
+                        conn.as_mut().graceful_shutdown();
+                    }
                 }
             }
         }
@@ -739,6 +788,69 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn head_idle_and_drain_rules() {
+        let s = |now, last_io, head_since, last_request, in_flight| Snapshot {
+            now,
+            last_io,
+            head_since,
+            last_request,
+            in_flight,
+        };
+        // A head that began at 1,000 ms and is still trickling at 6,001 ms (last byte just now):
+        // bytes arriving do not reset the timer.
+        assert_eq!(
+            verdict(&s(6_001, 6_000, 1_001, 0, 0), false, false),
+            Verdict::Drop
+        );
+        assert_eq!(
+            verdict(&s(5_999, 5_998, 1_001, 0, 0), false, false),
+            Verdict::Keep
+        );
+        // Not for HTTP/2 (frames such as PING are not a request head), nor while a request runs.
+        assert_eq!(
+            verdict(&s(6_001, 6_000, 1_001, 0, 0), true, false),
+            Verdict::Keep
+        );
+        assert_eq!(
+            verdict(&s(6_001, 6_000, 1_001, 0, 1), false, false),
+            Verdict::Keep
+        );
+        // Idle: 90 s after the last request, whatever the protocol.
+        assert_eq!(verdict(&s(89_999, 0, 0, 0, 0), false, false), Verdict::Keep);
+        assert_eq!(
+            verdict(&s(90_000, 0, 0, 0, 0), false, false),
+            Verdict::Close
+        );
+        assert_eq!(
+            verdict(&s(90_000, 80_000, 0, 0, 0), true, false),
+            Verdict::Close
+        );
+        // Draining: an HTTP/1 connection quiet for 0.5 s with nothing under way is closed;
+        // one whose next request is arriving, or that spoke just now, is not.
+        assert_eq!(
+            verdict(&s(10_500, 10_000, 0, 9_000, 0), false, true),
+            Verdict::Close
+        );
+        assert_eq!(
+            verdict(&s(10_400, 10_000, 0, 9_000, 0), false, true),
+            Verdict::Keep
+        );
+        assert_eq!(
+            verdict(&s(10_600, 10_000, 10_001, 9_000, 0), false, true),
+            Verdict::Keep
+        );
+        assert_eq!(
+            verdict(&s(10_600, 10_000, 0, 9_000, 1), false, true),
+            Verdict::Keep
+        );
+        // HTTP/2 drains through GOAWAY instead.
+        assert_eq!(
+            verdict(&s(10_600, 10_000, 0, 9_000, 0), true, true),
+            Verdict::Keep
+        );
+    }
 
     #[test]
     fn connections_leave_descriptors_free() {
