@@ -268,9 +268,13 @@ fn tls_client(ca_pem: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
 
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
-fn tls_connect(addr: &str, cfg: &Arc<rustls::ClientConfig>) -> std::io::Result<TlsStream> {
-    let tcp = TcpStream::connect(addr)?;
-    tcp.set_read_timeout(Some(Duration::from_secs(30)))?;
+fn tls_connect(
+    addr: &str,
+    cfg: &Arc<rustls::ClientConfig>,
+    timeout: Duration,
+) -> std::io::Result<TlsStream> {
+    let tcp = TcpStream::connect_timeout(&addr.parse().map_err(std::io::Error::other)?, timeout)?;
+    tcp.set_read_timeout(Some(timeout))?;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
     let conn = rustls::ClientConnection::new(cfg.clone(), name).map_err(std::io::Error::other)?;
     let mut s = rustls::StreamOwned::new(conn, tcp);
@@ -309,27 +313,25 @@ async fn row2_a_connection_flood_under_1024_open_files_starves_nothing_and_is_cl
     // This test process holds 1,300 sockets itself.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     let tp = Server::start(Some(1024), &[]);
-    // The soft limit was raised to the hard one.
-    let limits = std::fs::read_to_string(format!("/proc/{}/limits", tp.pid())).unwrap();
-    let line = limits
-        .lines()
-        .find(|l| l.starts_with("Max open files"))
-        .unwrap();
-    let f: Vec<&str> = line.split_whitespace().collect();
-    assert_eq!(f[3], f[4], "soft limit raised to the hard limit: {line}");
     let base_fds = tp.fds();
 
     // 1,000 TCP connections that never say anything.
+    let addr: std::net::SocketAddr = tp.https.parse().unwrap();
     let idle: Vec<TcpStream> = (0..1000)
-        .map(|_| TcpStream::connect(&tp.https).unwrap())
+        .filter_map(|_| TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok())
         .collect();
+    assert_eq!(idle.len(), 1000, "connections refused or left hanging");
     // 300 TLS connections that trickle a request head, a byte a second.
     let cfg = tls_client(&tp.ca.ca_pem, &[b"http/1.1"]);
     let addr = tp.https.clone();
     let tricklers = tokio::task::spawn_blocking(move || {
+        // Bounded: a server out of descriptors never finishes these handshakes.
+        let deadline = Instant::now() + Duration::from_secs(30);
         let mut v = Vec::new();
-        for _ in 0..300 {
-            let mut s = tls_connect(&addr, &cfg).unwrap();
+        while v.len() < 300 && Instant::now() < deadline {
+            let Ok(mut s) = tls_connect(&addr, &cfg, Duration::from_secs(3)) else {
+                continue;
+            };
             s.write_all(b"POST /mutate HTTP/1.1\r\n").unwrap();
             v.push(s);
         }
@@ -337,6 +339,11 @@ async fn row2_a_connection_flood_under_1024_open_files_starves_nothing_and_is_cl
     })
     .await
     .unwrap();
+    assert_eq!(
+        tricklers.len(),
+        300,
+        "new TLS handshakes failed during the flood"
+    );
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let trickle = {
         let stop = stop.clone();
@@ -353,20 +360,26 @@ async fn row2_a_connection_flood_under_1024_open_files_starves_nothing_and_is_cl
         })
     };
 
-    // A new review is answered and the probe port answers.
+    // A new review is answered and the probe port answers (bounded waits: on a server that
+    // ran out of descriptors they would hang).
     let c = tp.client();
-    let (s, out) = post(
-        &c,
-        &format!("https://{}/mutate", tp.https),
-        serde_json::to_vec(&pod_review("after-flood", &[&format!("a@{D}")])).unwrap(),
+    let review = serde_json::to_vec(&pod_review("after-flood", &[&format!("a@{D}")])).unwrap();
+    let answered = tokio::time::timeout(
+        Duration::from_secs(30),
+        post(&c, &format!("https://{}/mutate", tp.https), review),
     )
     .await;
+    let (s, out) = answered.expect("a new review was not answered during the flood");
     assert_eq!(s, 200, "{out}");
     assert_eq!(out["response"]["uid"], "after-flood");
-    let ready = reqwest::get(format!("http://{}/readyz", tp.metrics))
-        .await
-        .unwrap()
-        .status();
+    let ready = tokio::time::timeout(
+        Duration::from_secs(10),
+        reqwest::get(format!("http://{}/readyz", tp.metrics)),
+    )
+    .await
+    .expect("/readyz did not answer during the flood")
+    .unwrap()
+    .status();
     assert_eq!(ready, 200);
 
     // The silent ones are closed by the handshake timeout, the tricklers by the head timeout.
@@ -405,6 +418,14 @@ async fn row2_a_connection_flood_under_1024_open_files_starves_nothing_and_is_cl
         std::thread::sleep(Duration::from_millis(100));
     }
     assert!(!tp.log().contains("Too many open files"), "{}", tp.log());
+    // The soft limit was raised to the hard one.
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", tp.pid())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    let f: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(f[3], f[4], "soft limit raised to the hard limit: {line}");
 }
 
 #[tokio::test]
@@ -416,7 +437,7 @@ async fn reviews_beyond_the_cap_get_a_proper_answer_within_their_deadline() {
     );
     let c = tp.client();
     let cfg = tls_client(&tp.ca.ca_pem, &[b"http/1.1"]);
-    let mut holder = tls_connect(&tp.https, &cfg).unwrap();
+    let mut holder = tls_connect(&tp.https, &cfg, Duration::from_secs(30)).unwrap();
     holder
         .write_all(b"POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-length: 1000\r\n\r\n{\"apiVersion\"")
         .unwrap();
@@ -633,7 +654,7 @@ fn h1_load(addr: String, ca_pem: String, sigterm: impl FnOnce()) -> LoadResult {
                 addr.clone(),
             );
             std::thread::spawn(move || 'conn: loop {
-                let Ok(s) = tls_connect(&addr, &cfg) else {
+                let Ok(s) = tls_connect(&addr, &cfg, Duration::from_secs(30)) else {
                     return;
                 };
                 let mut s = BufReader::new(s);
