@@ -316,19 +316,45 @@ pub const MAX_DENIAL_BYTES: usize = 2048;
 /// At most [`MAX_WARNINGS`] warnings of at most [`MAX_WARNING_BYTES`] each, in order; when some
 /// are left out the last one says how many.
 pub fn bound_warnings(warnings: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = warnings
-        .iter()
-        .take(MAX_WARNINGS)
-        .map(|w| truncate(w.clone(), MAX_WARNING_BYTES))
-        .collect();
-    if warnings.len() > MAX_WARNINGS {
+    let all: Vec<String> = warnings.iter().flat_map(|w| split_warning(w)).collect();
+    let mut out: Vec<String> = all.iter().take(MAX_WARNINGS).cloned().collect();
+    if all.len() > MAX_WARNINGS {
         out.truncate(MAX_WARNINGS - 1);
         out.push(format!(
             "tagpin: {} more warnings not shown",
-            warnings.len() - (MAX_WARNINGS - 1)
+            all.len() - (MAX_WARNINGS - 1)
         ));
     }
     out
+}
+
+/// A warning longer than [`MAX_WARNING_BYTES`] as several that are not: cut after a `; ` where
+/// possible, each cut marked `...` at the end of one piece and the start of the next. Pure.
+pub fn split_warning(w: &str) -> Vec<String> {
+    const MARK: &str = "...";
+    let mut out = Vec::new();
+    let mut rest = w;
+    let mut first = true;
+    loop {
+        let prefix = if first { "" } else { "... " };
+        if prefix.len() + rest.len() <= MAX_WARNING_BYTES {
+            out.push(format!("{prefix}{rest}"));
+            return out;
+        }
+        let room = MAX_WARNING_BYTES - prefix.len() - MARK.len();
+        let mut cut = room;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        // Prefer to cut after a "; " separator, if one falls in the second half.
+        let at = match rest[..cut].rfind("; ") {
+            Some(i) if i + 2 > room / 2 => i + 2,
+            _ => cut,
+        };
+        out.push(format!("{prefix}{}{MARK}", &rest[..at]));
+        rest = &rest[at..];
+        first = false;
+    }
 }
 
 /// `head` followed by as many `items` (each cut to [`MAX_WARNING_BYTES`]) as fit in
@@ -428,10 +454,7 @@ pub fn decide(plan: &Plan, outcomes: &[Outcome], mode: Mode, keep_tag: bool) -> 
             Decision {
                 allowed: true,
                 patch,
-                warnings: warnings
-                    .into_iter()
-                    .map(|w| truncate(w, MAX_WARNING_BYTES))
-                    .collect(),
+                warnings,
                 denial: None,
                 pinned,
                 left,
@@ -614,12 +637,7 @@ impl Admitter {
         let mut decision = decide(&plan, &outcomes, mode, self.config.keep_tag);
         // Limit warnings first, then credential warnings, then per-image ones.
         let at = decision.limits;
-        decision.warnings.splice(
-            at..at,
-            credential_warnings
-                .into_iter()
-                .map(|w| truncate(w, MAX_WARNING_BYTES)),
-        );
+        decision.warnings.splice(at..at, credential_warnings);
         let outcome = match (
             &plan.ignored,
             decision.allowed,
@@ -926,6 +944,31 @@ mod tests {
             .unwrap();
         assert_eq!(out["response"]["status"]["code"], 403);
         assert!(out["response"].get("patch").is_none());
+    }
+
+    #[test]
+    fn long_warnings_are_split_and_many_are_capped() {
+        let long = format!(
+            "tagpin: x refused every credential tried: {}",
+            ["the credential from pull secret ns/s entry \"reg.example:5000\" (401)"; 6].join("; ")
+        );
+        let parts = split_warning(&long);
+        assert!(parts.len() > 1);
+        assert!(
+            parts.iter().all(|p| p.len() <= MAX_WARNING_BYTES),
+            "{parts:?}"
+        );
+        let joined: String = parts
+            .iter()
+            .map(|p| p.trim_start_matches("... ").trim_end_matches("..."))
+            .collect();
+        assert_eq!(joined, long);
+        assert_eq!(split_warning("short"), vec!["short"]);
+        let many: Vec<String> = (0..30).map(|i| format!("w{i}")).collect();
+        let b = bound_warnings(&many);
+        assert_eq!(b.len(), MAX_WARNINGS);
+        assert_eq!(b[19], "tagpin: 11 more warnings not shown");
+        assert_eq!(b[18], "w18");
     }
 
     #[test]
