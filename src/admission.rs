@@ -11,8 +11,10 @@ use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use crate::logging::Escaped;
 use crate::metrics::{AdmissionLabels, Metrics, PathLabel};
 use crate::podspec::{self, ImageSite};
+use crate::prune::{Pruned, MAX_KEPT_NODES};
 use crate::reference::ImageRef;
 use crate::resolve::{BatchRequest, Budget, CredentialRequest, ImageOutcome, Outcome, Resolver};
 
@@ -49,24 +51,64 @@ pub struct GroupVersionKind {
     pub kind: String,
 }
 
+/// The parts of an AdmissionReview request tagpin reads. `object` and `oldObject` are pruned
+/// while they are read ([`crate::prune`]): only image sites, the metadata the patch touches and
+/// the pod spec's credential fields are kept, never a whole `Value` of the object.
 #[derive(Deserialize, Debug)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "RequestIn")]
 pub struct AdmissionRequest {
     pub uid: String,
     pub kind: GroupVersionKind,
-    #[serde(default)]
     pub sub_resource: Option<String>,
-    #[serde(default)]
     pub name: Option<String>,
-    #[serde(default)]
     pub namespace: Option<String>,
     pub operation: String,
-    #[serde(default)]
     pub object: Option<Value>,
-    #[serde(default)]
     pub old_object: Option<Value>,
-    #[serde(default)]
     pub dry_run: Option<bool>,
+    /// `object` or `oldObject` held more than [`crate::prune::MAX_KEPT_NODES`] values worth
+    /// keeping: it was not read whole and nothing in it is pinned.
+    pub too_large: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: String,
+    #[serde(default)]
+    object: Option<Pruned>,
+    #[serde(default)]
+    old_object: Option<Pruned>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+impl From<RequestIn> for AdmissionRequest {
+    fn from(r: RequestIn) -> Self {
+        let too_large = [&r.object, &r.old_object]
+            .iter()
+            .any(|o| o.as_ref().is_some_and(|p| p.over_budget));
+        AdmissionRequest {
+            uid: r.uid,
+            kind: r.kind,
+            sub_resource: r.sub_resource,
+            name: r.name,
+            namespace: r.namespace,
+            operation: r.operation,
+            object: r.object.map(|p| p.value),
+            old_object: r.old_object.map(|p| p.value),
+            dry_run: r.dry_run,
+            too_large,
+        }
+    }
 }
 
 /// A body that is not an AdmissionReview.
@@ -106,6 +148,36 @@ pub fn parse_review(body: &[u8]) -> Result<(String, AdmissionRequest), ReviewErr
     Ok((review.api_version, request))
 }
 
+/// The apiVersion and uid of a review, reading nothing else.
+pub fn parse_review_header(body: &[u8]) -> Result<(String, String), ReviewError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Header {
+        api_version: String,
+        kind: String,
+        request: Option<RequestHeader>,
+    }
+    #[derive(Deserialize)]
+    struct RequestHeader {
+        uid: String,
+    }
+    let h: Header = serde_json::from_slice(body).map_err(|e| ReviewError::Json(e.to_string()))?;
+    if !matches!(
+        h.api_version.as_str(),
+        "admission.k8s.io/v1" | "admission.k8s.io/v1beta1"
+    ) {
+        return Err(ReviewError::Version(h.api_version));
+    }
+    if h.kind != "AdmissionReview" {
+        return Err(ReviewError::Kind(h.kind));
+    }
+    let uid = h.request.ok_or(ReviewError::NoRequest)?.uid;
+    if uid.is_empty() {
+        return Err(ReviewError::NoUid);
+    }
+    Ok((h.api_version, uid))
+}
+
 /// Settings that shape admission answers. (`--skip-prefix` is the resolver's: it classifies.)
 #[derive(Clone, Debug)]
 pub struct AdmissionConfig {
@@ -129,6 +201,9 @@ pub struct Plan {
     /// its record). Used when the registry is out, so a re-apply during an outage changes nothing
     /// instead of rolling the template back to a tag.
     pub previous: Vec<Option<String>>,
+    /// Set when the object was not inspected because it exceeds a limit: the warning (on
+    /// `/mutate`, where the object is admitted as written) or the denial (on `/enforce`).
+    pub over_limit: Option<String>,
 }
 
 /// Which image sites of the request to consider. Pure.
@@ -154,6 +229,15 @@ pub fn plan(req: &AdmissionRequest) -> Plan {
         "" => {}
         "ephemeralcontainers" if update && is_pod => {}
         _ => return ignore("subresource"),
+    }
+    if req.too_large {
+        return Plan {
+            over_limit: Some(format!(
+                "tagpin: limit: the object holds more than {MAX_KEPT_NODES} fields that could name images; not inspected, nothing pinned"
+            )),
+            ignored: Some("over limit"),
+            ..Plan::default()
+        };
     }
     let Some(object) = &req.object else {
         return ignore("no object");
@@ -192,6 +276,7 @@ pub fn plan(req: &AdmissionRequest) -> Plan {
         sites,
         record,
         ignored: None,
+        over_limit: None,
     }
 }
 
@@ -201,14 +286,104 @@ pub struct Decision {
     pub allowed: bool,
     pub patch: Vec<json_patch::PatchOperation>,
     pub warnings: Vec<String>,
-    /// Set on denial: every image that could not be pinned and why.
+    /// Set on denial: the images that could not be pinned and why (bounded, see
+    /// [`MAX_DENIAL_BYTES`]).
     pub denial: Option<String>,
     pub pinned: usize,
     pub left: usize,
+    /// How many of the first `warnings` are about a limit (they stay first).
+    pub limits: usize,
+}
+
+/// Most warnings in one answer; the last one then says how many more there were.
+pub const MAX_WARNINGS: usize = 20;
+/// Longest warning, in bytes (the API server cuts longer ones).
+pub const MAX_WARNING_BYTES: usize = 256;
+/// Longest denial message, in bytes.
+pub const MAX_DENIAL_BYTES: usize = 2048;
+
+/// At most [`MAX_WARNINGS`] warnings of at most [`MAX_WARNING_BYTES`] each, in order; when some
+/// are left out the last one says how many.
+pub fn bound_warnings(warnings: &[String]) -> Vec<String> {
+    let all: Vec<String> = warnings.iter().flat_map(|w| split_warning(w)).collect();
+    let mut out: Vec<String> = all.iter().take(MAX_WARNINGS).cloned().collect();
+    if all.len() > MAX_WARNINGS {
+        out.truncate(MAX_WARNINGS - 1);
+        out.push(format!(
+            "tagpin: {} more warnings not shown",
+            all.len() - (MAX_WARNINGS - 1)
+        ));
+    }
+    out
+}
+
+/// A warning longer than [`MAX_WARNING_BYTES`] as several that are not: cut after a `; ` where
+/// possible, each cut marked `...` at the end of one piece and the start of the next. Pure.
+pub fn split_warning(w: &str) -> Vec<String> {
+    const MARK: &str = "...";
+    let mut out = Vec::new();
+    let mut rest = w;
+    let mut first = true;
+    loop {
+        let prefix = if first { "" } else { "... " };
+        if prefix.len() + rest.len() <= MAX_WARNING_BYTES {
+            out.push(format!("{prefix}{rest}"));
+            return out;
+        }
+        let room = MAX_WARNING_BYTES - prefix.len() - MARK.len();
+        let mut cut = room;
+        while !rest.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        // Prefer to cut after a "; " separator, if one falls in the second half.
+        let at = match rest[..cut].rfind("; ") {
+            Some(i) if i + 2 > room / 2 => i + 2,
+            _ => cut,
+        };
+        out.push(format!("{prefix}{}{MARK}", &rest[..at]));
+        rest = &rest[at..];
+        first = false;
+    }
+}
+
+/// `head` followed by as many `items` (each cut to [`MAX_WARNING_BYTES`]) as fit in
+/// [`MAX_DENIAL_BYTES`], separated by `; `, then how many were left out.
+fn bounded_list(head: String, items: impl ExactSizeIterator<Item = String>) -> String {
+    let total = items.len();
+    let mut out = head;
+    // Room for the "; and N more not shown" tail.
+    let room = MAX_DENIAL_BYTES - 40;
+    for (i, item) in items.enumerate() {
+        let item = truncate(item, MAX_WARNING_BYTES);
+        let sep = if i == 0 { "" } else { "; " };
+        if out.len() + sep.len() + item.len() > room {
+            out.push_str(&format!("; and {} more not shown", total - i));
+            return out;
+        }
+        out.push_str(sep);
+        out.push_str(&item);
+    }
+    out
 }
 
 /// Combines a plan with the resolver's outcomes (one per `plan.sites` entry, in order). Pure.
 pub fn decide(plan: &Plan, outcomes: &[ImageOutcome], mode: Mode, keep_tag: bool) -> Decision {
+    if let Some(why) = &plan.over_limit {
+        let allowed = mode == Mode::Mutate;
+        return Decision {
+            allowed,
+            patch: Vec::new(),
+            warnings: if allowed {
+                vec![why.clone()]
+            } else {
+                Vec::new()
+            },
+            denial: (!allowed).then(|| format!("tagpin: denied: {why}")),
+            pinned: 0,
+            left: 0,
+            limits: usize::from(allowed),
+        };
+    }
     let mut pins: Vec<(&ImageSite, String)> = Vec::new();
     let mut warnings = Vec::new();
     let mut failures = Vec::new();
@@ -266,17 +441,15 @@ pub fn decide(plan: &Plan, outcomes: &[ImageOutcome], mode: Mode, keep_tag: bool
             allowed: false,
             patch: Vec::new(),
             warnings: Vec::new(),
-            denial: Some(format!(
-                "tagpin: denied, {} image(s) could not be pinned to a digest: {}",
-                left,
+            denial: Some(bounded_list(
+                format!("tagpin: denied, {left} image(s) could not be pinned to a digest: "),
                 failures
                     .iter()
-                    .map(|(image, why)| format!("{image}: {why}"))
-                    .collect::<Vec<_>>()
-                    .join("; ")
+                    .map(|(image, why)| format!("{image}: {why}")),
             )),
             pinned: 0,
             left,
+            limits: 0,
         },
         _ => {
             warnings.extend(
@@ -290,10 +463,11 @@ pub fn decide(plan: &Plan, outcomes: &[ImageOutcome], mode: Mode, keep_tag: bool
             Decision {
                 allowed: true,
                 patch,
-                warnings: warnings.into_iter().map(|w| truncate(w, 512)).collect(),
+                warnings,
                 denial: None,
                 pinned,
                 left,
+                limits: usize::from(over_limit > 0),
             }
         }
     }
@@ -303,8 +477,8 @@ impl Decision {
     /// The outcome label of the log line and the admissions metric. Pure.
     pub fn outcome(&self, ignored: Option<&str>) -> &'static str {
         match (ignored, self.allowed, self.pinned, self.left) {
-            (Some(_), ..) => "ignored",
             (_, false, ..) => "denied",
+            (Some(_), ..) => "ignored",
             (_, _, 0, 0) => "unchanged",
             (_, _, _, 0) => "pinned",
             (_, _, 0, _) => "unpinned",
@@ -373,12 +547,12 @@ pub fn response(api_version: String, uid: String, d: &Decision) -> ReviewOut {
             allowed: d.allowed,
             patch_type: patch.as_ref().map(|_| "JSONPatch"),
             patch,
-            warnings: d.warnings.clone(),
+            warnings: bound_warnings(&d.warnings),
             status: d.denial.as_ref().map(|m| StatusOut {
                 status: "Failure",
                 code: 403,
                 reason: "Forbidden",
-                message: m.clone(),
+                message: truncate(m.clone(), MAX_DENIAL_BYTES),
             }),
         },
     }
@@ -426,13 +600,23 @@ pub struct Admitter {
 impl Admitter {
     /// Answers one review body. `Err` only for bodies that are not an AdmissionReview.
     pub async fn review(&self, body: &[u8], mode: Mode) -> Result<ReviewOut, ReviewError> {
-        let started = Instant::now();
+        self.review_since(body, mode, Instant::now()).await
+    }
+
+    /// [`Self::review`] for a request that arrived at `started`: its deadline
+    /// (`--resolve-timeout`) counts from then, time spent waiting for a slot included.
+    pub async fn review_since(
+        &self,
+        body: &[u8],
+        mode: Mode,
+        started: Instant,
+    ) -> Result<ReviewOut, ReviewError> {
         let path = mode.path();
         let (api_version, req) = match parse_review(body) {
             Ok(r) => r,
             Err(e) => {
                 self.count(path, "invalid", started);
-                tracing::warn!(path, error = %e, "rejected a body that is not an AdmissionReview");
+                tracing::warn!(path, error = %Escaped(&e.to_string()), "rejected a body that is not an AdmissionReview");
                 return Err(e);
             }
         };
@@ -442,11 +626,11 @@ impl Admitter {
         self.count(path, outcome, started);
         let name = request_name(&req);
         tracing::info!(
-            uid = %req.uid,
+            uid = %Escaped(&req.uid),
             namespace = req.namespace.as_deref().unwrap_or(""),
             name,
-            kind = %req.kind.kind,
-            operation = %req.operation,
+            kind = %Escaped(&req.kind.kind),
+            operation = %Escaped(&req.operation),
             path,
             dry_run = req.dry_run.unwrap_or(false),
             pinned = decision.pinned,
@@ -460,8 +644,8 @@ impl Admitter {
         Ok(response(api_version, req.uid, &decision))
     }
 
-    /// Resolves the plan's sites with the request's credentials and decides. Credential
-    /// warnings come first.
+    /// Resolves the plan's sites with the request's credentials and decides. Limit warnings
+    /// come first, then credential warnings.
     async fn resolve_and_decide(
         &self,
         req: &AdmissionRequest,
@@ -485,11 +669,53 @@ impl Admitter {
             .await;
         let mut decision = decide(plan, &batch.outcomes, mode, self.config.keep_tag);
         for w in &batch.warnings {
-            tracing::warn!(uid = %req.uid, warning = %w, "credential source skipped");
+            tracing::warn!(uid = %Escaped(&req.uid), warning = %Escaped(w), "credential source skipped");
         }
-        let credential = batch.warnings.into_iter().map(|w| truncate(w, 512));
-        decision.warnings.splice(0..0, credential);
+        // Limit warnings first, then credential warnings, then per-image ones.
+        let at = decision.limits;
+        decision.warnings.splice(at..at, batch.warnings);
         decision
+    }
+
+    /// The answer to a review that waited too long for a slot (more than
+    /// `--max-concurrent-reviews` in flight): allowed unchanged with a warning on `/mutate`,
+    /// denied on `/enforce`. Reads only the review's uid.
+    pub fn overloaded(
+        &self,
+        body: &[u8],
+        mode: Mode,
+        started: Instant,
+        limit: usize,
+    ) -> Result<ReviewOut, ReviewError> {
+        let path = mode.path();
+        let (api_version, uid) = match parse_review_header(body) {
+            Ok(h) => h,
+            Err(e) => {
+                self.count(path, "invalid", started);
+                return Err(e);
+            }
+        };
+        let why = format!(
+            "tagpin: limit: more than {limit} reviews in flight (--max-concurrent-reviews); no slot within {}",
+            humantime::format_duration(started.elapsed())
+        );
+        let allowed = mode == Mode::Mutate;
+        let d = Decision {
+            allowed,
+            patch: Vec::new(),
+            warnings: if allowed {
+                vec![why.clone()]
+            } else {
+                Vec::new()
+            },
+            denial: (!allowed).then(|| format!("tagpin: denied: {why}")),
+            pinned: 0,
+            left: 0,
+            limits: usize::from(allowed),
+        };
+        self.count(path, "overloaded", started);
+        tracing::warn!(uid = %Escaped(&uid), path, "review answered without looking: too many in flight");
+        Ok(response(api_version, uid, &d))
     }
 
     fn count(&self, path: &'static str, outcome: &'static str, started: Instant) {
@@ -566,6 +792,7 @@ mod tests {
             object: Some(object),
             old_object: old,
             dry_run: None,
+            too_large: false,
         }
     }
 
@@ -750,11 +977,37 @@ mod tests {
             denial: Some("no".into()),
             pinned: 0,
             left: 1,
+            limits: 0,
         };
         let out = serde_json::to_value(response("admission.k8s.io/v1".into(), "u2".into(), &deny))
             .unwrap();
         assert_eq!(out["response"]["status"]["code"], 403);
         assert!(out["response"].get("patch").is_none());
+    }
+
+    #[test]
+    fn long_warnings_are_split_and_many_are_capped() {
+        let long = format!(
+            "tagpin: x refused every credential tried: {}",
+            ["the credential from pull secret ns/s entry \"reg.example:5000\" (401)"; 6].join("; ")
+        );
+        let parts = split_warning(&long);
+        assert!(parts.len() > 1);
+        assert!(
+            parts.iter().all(|p| p.len() <= MAX_WARNING_BYTES),
+            "{parts:?}"
+        );
+        let joined: String = parts
+            .iter()
+            .map(|p| p.trim_start_matches("... ").trim_end_matches("..."))
+            .collect();
+        assert_eq!(joined, long);
+        assert_eq!(split_warning("short"), vec!["short"]);
+        let many: Vec<String> = (0..30).map(|i| format!("w{i}")).collect();
+        let b = bound_warnings(&many);
+        assert_eq!(b.len(), MAX_WARNINGS);
+        assert_eq!(b[19], "tagpin: 11 more warnings not shown");
+        assert_eq!(b[18], "w18");
     }
 
     #[test]

@@ -45,6 +45,13 @@ fn duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("{e} (examples: 500ms, 5s, 2m, 24h)"))
 }
 
+fn positive(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n > 0 && n <= u32::MAX as usize => Ok(n),
+        _ => Err("expected a whole number from 1 to 4294967295".into()),
+    }
+}
+
 #[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
 pub enum LogFormat {
     Text,
@@ -191,6 +198,20 @@ pub struct ServeArgs {
     /// After SIGTERM, how long in-flight requests may take to finish.
     #[arg(long, env = "TAGPIN_SHUTDOWN_GRACE", default_value = "20s", value_parser = duration)]
     pub shutdown_grace: Duration,
+    /// Largest AdmissionReview body in bytes; larger ones get 413 (the API server's own limit is 3 MiB).
+    #[arg(long, env = "TAGPIN_MAX_BODY", default_value_t = crate::server::DEFAULT_MAX_BODY, value_name = "BYTES")]
+    pub max_body: usize,
+    /// Reviews answered at once; more wait for a slot within their --resolve-timeout, then are
+    /// answered without being looked at (allowed with a warning on /mutate, denied on /enforce).
+    #[arg(long, env = "TAGPIN_MAX_CONCURRENT_REVIEWS", default_value_t = crate::server::DEFAULT_MAX_CONCURRENT_REVIEWS, value_parser = positive)]
+    pub max_concurrent_reviews: usize,
+    /// Open connections on the review listener (lowered to fit the open-file limit); more wait to be accepted.
+    #[arg(long, env = "TAGPIN_MAX_CONNECTIONS", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS, value_parser = positive)]
+    pub max_connections: usize,
+    /// CA bundle (PEM): the review listener then requires a client certificate signed by it
+    /// (the API server presents one when its AdmissionConfiguration names a kubeconfig for the webhook).
+    #[arg(long, env = "TAGPIN_CLIENT_CA", value_name = "FILE")]
+    pub client_ca: Option<PathBuf>,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -352,6 +373,10 @@ impl ServeArgs {
             tls_key: self.tls_key.clone(),
             tls_reload_interval: self.tls_reload_interval,
             shutdown_grace: self.shutdown_grace,
+            max_body: self.max_body,
+            max_concurrent_reviews: self.max_concurrent_reviews,
+            max_connections: self.max_connections,
+            client_ca: self.client_ca.clone(),
         }
     }
 }

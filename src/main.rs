@@ -6,7 +6,7 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser as _;
 use tagpin::admission::Admitter;
-use tagpin::cli::{Cli, Command, LogFormat, PinArgs, RegistryArgs, ResolveArgs};
+use tagpin::cli::{Cli, Command, PinArgs, RegistryArgs, ResolveArgs};
 use tagpin::metrics::Metrics;
 use tagpin::resolve::Resolver;
 
@@ -37,30 +37,7 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(args: &RegistryArgs) {
-    use tracing_subscriber::{fmt, prelude::*, EnvFilter};
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,h2=warn,rustls=warn,reqwest=warn"));
-    let registry = tracing_subscriber::registry().with(filter);
-    match args.log_format {
-        LogFormat::Json => registry
-            .with(
-                fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_writer(std::io::stderr),
-            )
-            .init(),
-        LogFormat::Text => {
-            use std::io::IsTerminal as _;
-            registry
-                .with(
-                    fmt::layer()
-                        .with_ansi(std::io::stderr().is_terminal())
-                        .with_writer(std::io::stderr),
-                )
-                .init()
-        }
-    }
+    tagpin::logging::init(args.log_format);
 }
 
 /// The admitter: metrics first, then the resolver that records into them.

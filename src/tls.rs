@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
-use rustls::ServerConfig;
+use rustls::server::danger::ClientCertVerifier;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use sha2::{Digest as _, Sha256};
@@ -31,6 +33,31 @@ pub enum TlsError {
     },
     #[error("cannot generate a self-signed certificate: {0}")]
     Generate(String),
+    #[error("--client-ca {path}: {reason}")]
+    ClientCa { path: PathBuf, reason: String },
+}
+
+/// Verifies client certificates against the CA certificates in `path` (PEM): with it, a client
+/// that presents no certificate, or one not signed by these CAs, fails the handshake.
+pub fn client_verifier(path: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsError> {
+    let bad = |reason: String| TlsError::ClientCa {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let pem = std::fs::read(path).map_err(|e| bad(format!("cannot read it: {e}")))?;
+    let mut roots = RootCertStore::empty();
+    for c in CertificateDer::pem_slice_iter(&pem) {
+        let c = c.map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+        roots
+            .add(c)
+            .map_err(|e| bad(format!("not a usable CA certificate: {e}")))?;
+    }
+    if roots.is_empty() {
+        return Err(bad("holds no CERTIFICATE block".into()));
+    }
+    WebPkiClientVerifier::builder(Arc::new(roots))
+        .build()
+        .map_err(|e| bad(e.to_string()))
 }
 
 /// A rustls server config from a PEM chain (leaf first) and a PEM key. `names` label messages.
@@ -38,6 +65,16 @@ pub fn server_config(
     cert_pem: &[u8],
     key_pem: &[u8],
     names: (&str, &str),
+) -> Result<Arc<ServerConfig>, TlsError> {
+    server_config_with(cert_pem, key_pem, names, None)
+}
+
+/// [`server_config`], requiring client certificates when `clients` is given.
+pub fn server_config_with(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    names: (&str, &str),
+    clients: Option<Arc<dyn ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .collect::<Result<_, _>>()
@@ -56,8 +93,12 @@ pub fn server_config(
         reason: e.to_string(),
     })?;
     // with_single_cert checks that the key matches the leaf certificate.
-    let mut cfg = ServerConfig::builder()
-        .with_no_client_auth()
+    let builder = ServerConfig::builder();
+    let builder = match clients {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut cfg = builder
         .with_single_cert(chain, key)
         .map_err(|e| TlsError::Pair {
             cert: names.0.to_string(),
@@ -111,16 +152,21 @@ pub fn read_pair(cert: &Path, key: &Path) -> Result<PemPair, TlsError> {
 }
 
 /// Loads the pair once, for start-up.
-pub fn load(cert: &Path, key: &Path) -> Result<(Arc<ServerConfig>, [u8; 32]), TlsError> {
+pub fn load(
+    cert: &Path,
+    key: &Path,
+    clients: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<(Arc<ServerConfig>, [u8; 32]), TlsError> {
     let PemPair {
         cert: c,
         key: k,
         hash,
     } = read_pair(cert, key)?;
-    let cfg = server_config(
+    let cfg = server_config_with(
         &c,
         &k,
         (&cert.display().to_string(), &key.display().to_string()),
+        clients,
     )?;
     Ok((cfg, hash))
 }
@@ -135,6 +181,7 @@ pub async fn reload_loop(
     key: PathBuf,
     interval: Duration,
     mut current: [u8; 32],
+    clients: Option<Arc<dyn ClientCertVerifier>>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -160,10 +207,11 @@ pub async fn reload_loop(
             continue;
         }
         current = hash;
-        match server_config(
+        match server_config_with(
             &c,
             &k,
             (&cert.display().to_string(), &key.display().to_string()),
+            clients.clone(),
         ) {
             Ok(cfg) => {
                 tls.reload_from_config(cfg);

@@ -333,14 +333,15 @@ async fn sources_are_tried_in_the_kubelets_order() {
     let resp = common::review(&router, "/mutate", &review).await;
     assert!(resp.get("patch").is_none(), "{resp}");
     let docker_config = reg.docker_config("wrong-3");
+    // Longer than the API server keeps (256 bytes): split into pieces, in order.
     assert_eq!(
         warnings(&resp),
-        vec![format!(
+        tagpin::admission::split_warning(&format!(
             "tagpin: {image} left unpinned: registry {a} refused every credential tried: \
              the credential from pull secret team-a/regcred entry \"{a}\" (401); \
              the credential from credential provider \"order\" entry \"{a}\" (401); \
              the credential from {} entry \"https://{a}\" (401); anonymous access (401)",
             docker_config.display()
-        )]
+        ))
     );
 }

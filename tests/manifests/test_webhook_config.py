@@ -222,12 +222,24 @@ class WebhookConfiguration(unittest.TestCase):
 
     def test_skip_label_excludes_objects(self):
         for install, wh, _ in self.each():
+            if wh["clientConfig"]["service"]["path"] == "/enforce":
+                continue
             with self.subTest(install=install, webhook=wh["name"]):
                 sel = wh["objectSelector"]
                 self.assertIn({"key": "tagpin.io/skip", "operator": "NotIn", "values": ["true"]}, sel["matchExpressions"])
                 self.assertFalse(selects(sel, {"tagpin.io/skip": "true", "app": "x"}))
                 self.assertTrue(selects(sel, {"app": "x"}))
                 self.assertTrue(selects(sel, {}))
+
+    def test_enforce_ignores_the_skip_label(self):
+        # Enforcement must not be opt-out for the pod authors it constrains (issue 14, row 12):
+        # only the namespace exclusions apply.
+        for install, wh, _ in self.each():
+            if wh["clientConfig"]["service"]["path"] != "/enforce":
+                continue
+            with self.subTest(install=install, webhook=wh["name"]):
+                self.assertTrue(selects(wh.get("objectSelector", {}), {"tagpin.io/skip": "true"}))
+                self.assertNotIn("objectSelector", wh)
 
 
 class Deployment(unittest.TestCase):
