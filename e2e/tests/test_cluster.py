@@ -156,7 +156,7 @@ def test_01_every_manifest_object_is_accepted_by_the_api_server(env, tmp_path):
 # --- 2 ------------------------------------------------------------------------------------------
 
 
-def test_02_enabled_namespace_pins_run_and_apply_and_leaves_the_rest_as_written(app):
+def test_02_enabled_namespace_pins_run_and_apply_and_leaves_the_rest_as_written(app, tmp_path):
     image, digest = app
     ns = namespace("pin-enabled", {"tagpin.io/mode": "enabled"})
     other = namespace("pin-unlabelled")
@@ -166,7 +166,9 @@ def test_02_enabled_namespace_pins_run_and_apply_and_leaves_the_rest_as_written(
     assert images(pod) == [pinned(image, digest)]
     assert json.loads(pod["metadata"]["annotations"][PINNED]) == {"web": image}
 
-    apply_pod(ns, "applied", image)
+    manifest = tmp_path / "pod.yaml"
+    manifest.write_text(pod_manifest("applied", image))
+    kubectl("apply", "-n", ns, "-f", str(manifest))
     pod = get("pod", "applied", ns)
     assert images(pod) == [pinned(image, digest)]
     assert json.loads(pod["metadata"]["annotations"][PINNED]) == {"main": image}
