@@ -533,6 +533,7 @@ def test_11_tagpin_hung_mutate_admits_as_written_enforce_refuses_after_timeout(t
         margin = 5
         assert r.seconds < TIMEOUT_SECONDS + margin, f"took {r.seconds:.1f} s"
         assert images(get("pod", "web", enabled)) == [image], "admitted as written (failurePolicy Ignore)"
+        assert "tagpin" not in r.stderr, "no warning: the API server only logs it"
 
         r = kubectl("run", "web", "-n", enforce, f"--image={image}", check=False)
         assert r.seconds < TIMEOUT_SECONDS + margin, f"took {r.seconds:.1f} s"
