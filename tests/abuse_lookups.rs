@@ -54,7 +54,7 @@ fn row7_a_loopback_image_is_refused_before_any_connection() {
         assert_eq!(
             warnings(&resp),
             vec![format!(
-                "tagpin: {image} left unpinned: registry {addr}: address not allowed (loopback); tagpin serve does not connect to loopback, link-local or metadata addresses (allow a range with --allow-registry-cidr, or name the registry with --insecure-registry)"
+                "tagpin: {image} left unpinned: registry {addr}: address not allowed (loopback); allow it with --allow-registry-cidr or name it in --insecure-registry"
             )]
         );
     });

@@ -62,7 +62,7 @@ pub enum RegistryError {
     BadAnswer { registry: String, reason: String },
     #[error("token endpoint for {registry} failed: {reason}")]
     Token { registry: String, reason: String },
-    #[error("registry {registry}: address not allowed ({kind}); tagpin serve does not connect to loopback, link-local or metadata addresses (allow a range with --allow-registry-cidr, or name the registry with --insecure-registry)")]
+    #[error("registry {registry}: address not allowed ({kind}); allow it with --allow-registry-cidr or name it in --insecure-registry")]
     NotAllowed {
         registry: String,
         kind: &'static str,
