@@ -623,3 +623,39 @@ def test_12_upgrade_and_uninstall_as_manifests_readme_writes_them(env, app, tmp_
     kubectl("run", "plain", "-n", ns, f"--image={image}")
     assert images(get("pod", "plain", ns)) == [image]
     assert images(get("pod", "web", "pin-enabled")) == [pinned(image, digest)]
+
+
+def test_13_helm_install_upgrade_and_uninstall_of_the_chart(env):
+    """charts/tagpin through the real helm against the real API server: every object accepted,
+    the generated certificate kept across `helm upgrade` (the chart's `lookup`), and nothing left
+    after `helm uninstall`. The webhooks point at a Service the API server cannot reach here
+    (no kube-proxy); the case checks the install, not admission."""
+    root = Path(env["root"])
+    helm = subprocess.run([str(root / "scripts" / "helm"), "--path"], check=True, capture_output=True, text=True).stdout.strip()
+    release, ns = "tagpin-h", "tagpin-helm"
+
+    def run(*args: str) -> str:
+        p = subprocess.run([helm, *args], capture_output=True, text=True, timeout=180)
+        assert p.returncode == 0, f"helm {' '.join(args)} failed:\n{p.stdout}\n{p.stderr}"
+        return p.stdout
+
+    def certs() -> tuple[str, str]:
+        secret = get("secret", f"{release}-tls", ns)["data"]["tls.crt"]
+        ca = get("mutatingwebhookconfiguration", release)["webhooks"][0]["clientConfig"]["caBundle"]
+        return secret, ca
+
+    chart = str(root / "charts" / "tagpin")
+    try:
+        run("install", release, chart, "-n", ns, "--create-namespace", "--set", "certManager.enabled=false", "--wait=false")
+        dep = get("deployment", release, ns)
+        assert dep["spec"]["replicas"] == 2
+        first = certs()
+        assert all(first), "certificate and caBundle generated"
+        run("upgrade", release, chart, "-n", ns, "--reuse-values", "--set", "replicas=3")
+        assert get("deployment", release, ns)["spec"]["replicas"] == 3
+        assert certs() == first, "the generated certificate and CA survive an upgrade (lookup)"
+    finally:
+        subprocess.run([helm, "uninstall", release, "-n", ns, "--wait=false"], capture_output=True, text=True, timeout=180)
+    assert not exists("mutatingwebhookconfiguration", release)
+    assert not exists("deployment", release, ns)
+    assert not exists("clusterrole", release)
