@@ -561,8 +561,13 @@ pub fn response(api_version: String, uid: String, d: &Decision) -> ReviewOut {
 /// Where the request's pod spec is, for reading its pull secrets (and, for a template, its
 /// service account's). Pure.
 pub fn credential_request(req: &AdmissionRequest) -> CredentialRequest<'_> {
-    let pod_spec = podspec::pod_spec_location(&req.kind.group, &req.kind.kind)
-        .and_then(|at| at.iter().try_fold(req.object.as_ref()?, |v, t| v.get(t)));
+    // The first pod spec found, as `plan` finds them (built-in kinds by their path, custom
+    // resources by their shape): its pull secrets and service account are the object's.
+    let pod_spec = req.object.as_ref().and_then(|o| {
+        let specs = podspec::pod_specs(&req.kind.group, &req.kind.kind, o);
+        let at = specs.first()?;
+        at.spec_at.iter().try_fold(o, |v, t| v.get(t.as_str()))
+    });
     CredentialRequest {
         namespace: req.namespace.as_deref().filter(|n| !n.is_empty()),
         pod_spec,
@@ -1241,5 +1246,26 @@ mod tests {
         other.namespace = Some(String::new());
         let c = credential_request(&other);
         assert!(c.pod_spec.is_none() && c.template && c.namespace.is_none());
+        // A custom resource with a pod template: its pod spec, found by shape.
+        let mut rollout = req(
+            "CREATE",
+            None,
+            json!({"spec": {"template": {"spec": {"imagePullSecrets": [{"name": "regcred"}], "containers": [{"name": "a", "image": "a:1"}]}}}}),
+            None,
+        );
+        rollout.kind = GroupVersionKind {
+            group: "argoproj.io".into(),
+            version: "v1alpha1".into(),
+            kind: "Rollout".into(),
+        };
+        let c = credential_request(&rollout);
+        assert_eq!(
+            c.pod_spec,
+            rollout
+                .object
+                .as_ref()
+                .and_then(|o| o.pointer("/spec/template/spec"))
+        );
+        assert!(c.template);
     }
 }

@@ -28,6 +28,8 @@ pub struct Cli {
     pub command: Command,
 }
 
+// Parsed once at start; the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the admission webhook (POST /mutate, POST /enforce) over HTTPS.
