@@ -41,6 +41,35 @@ pub enum Command {
     /// Exit 0: all pinned (or, with --check, all pinned and current). Exit 1: some image left
     /// unpinned, or --check found one unpinned or moved. Exit 2: unreadable input (nothing written).
     Pin(PinArgs),
+    /// Report running pods that are not what their tags say (read-only).
+    ///
+    /// Findings: unpinned (a tag in the spec), stale (the node runs another build than the tag
+    /// names now), mixed (a controller's pods run several builds of one container), moved (a
+    /// pinned image whose recorded tag moved: a rollout is waiting), mismatch (the node runs
+    /// another digest than the spec pins), latest (:latest or no tag), unknown (the registry did
+    /// not answer). Exit 0: nothing in --fail-on found; 1: found; 2: the audit could not run.
+    /// Also answers `kubectl tagpin audit` when installed as `kubectl-tagpin`.
+    Audit(AuditArgs),
+}
+
+/// The command line, parsed. Invoked as `kubectl-tagpin` (a kubectl plugin: `kubectl tagpin
+/// audit ...`), help and errors name it `kubectl tagpin`.
+pub fn parse() -> Cli {
+    use clap::{CommandFactory as _, FromArgMatches as _};
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut cmd = Cli::command();
+    if is_kubectl_plugin(args.first().map(std::path::Path::new)) {
+        cmd = cmd.bin_name("kubectl tagpin");
+    }
+    let matches = cmd.get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
+/// Whether argv[0] is the kubectl plugin name (`kubectl-tagpin`, also through a symlink).
+pub fn is_kubectl_plugin(argv0: Option<&std::path::Path>) -> bool {
+    argv0
+        .and_then(|p| p.file_name())
+        .is_some_and(|n| n.to_string_lossy().starts_with("kubectl-tagpin"))
 }
 
 fn duration(s: &str) -> Result<Duration, String> {
@@ -271,6 +300,104 @@ impl PinArgs {
             (_, true) => crate::pin::Output::InPlace,
             (Some(p), _) => crate::pin::Output::File(p.clone()),
             (None, false) => crate::pin::Output::Stdout,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+pub enum AuditOutput {
+    Table,
+    Json,
+}
+
+#[derive(Args, Debug)]
+pub struct AuditArgs {
+    /// Kubeconfig to read pods with (default: $KUBECONFIG, ~/.kube/config, else the in-cluster
+    /// service account).
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context to use (default: its current context).
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+    /// Audit this namespace (default: the context's namespace, else `default`).
+    #[arg(
+        short = 'n',
+        long,
+        value_name = "NAMESPACE",
+        conflicts_with = "all_namespaces"
+    )]
+    pub namespace: Option<String>,
+    /// Audit every namespace (one paged list of all pods).
+    #[arg(short = 'A', long)]
+    pub all_namespaces: bool,
+    /// Only pods matching this label selector (e.g. app=web,tier!=cache).
+    #[arg(short = 'l', long, value_name = "SELECTOR")]
+    pub selector: Option<String>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value = "table")]
+    pub output: AuditOutput,
+    /// Findings that make the exit code 1.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "stale,mixed,mismatch",
+        value_name = "KIND,..."
+    )]
+    pub fail_on: Vec<crate::audit::Kind>,
+    /// Pods per list request (the API server pages the list).
+    #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
+    pub chunk_size: u32,
+    /// Bound on one Kubernetes API request (one page of pods, one namespace read).
+    #[arg(long, default_value = "30s", value_parser = duration)]
+    pub kube_timeout: Duration,
+    /// Address range tagpin may connect to although it is loopback, link-local or otherwise
+    /// refused (pod specs name the registries, so audit refuses them as `serve` does). Repeatable.
+    #[arg(
+        long = "allow-registry-cidr",
+        env = "TAGPIN_ALLOW_REGISTRY_CIDR",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub allow_registry_cidr: Vec<Cidr>,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+impl AuditArgs {
+    /// Where audit may connect: as `serve` (pod specs are written by whoever creates pods).
+    pub fn address_policy(&self) -> AddressPolicy {
+        AddressPolicy::serve(
+            self.allow_registry_cidr.clone(),
+            &self.registry.insecure_registry,
+        )
+    }
+
+    pub fn cluster_options(&self) -> ClusterOptions {
+        ClusterOptions {
+            timeout: self.kube_timeout,
+            ..ClusterOptions::default()
+        }
+    }
+
+    pub fn scope(&self, context_namespace: &str) -> crate::audit::run::Scope {
+        crate::audit::run::Scope {
+            namespace: (!self.all_namespaces).then(|| {
+                self.namespace
+                    .clone()
+                    .unwrap_or_else(|| context_namespace.to_string())
+            }),
+            selector: self.selector.clone(),
+            chunk_size: self.chunk_size,
+        }
+    }
+
+    pub fn options(&self) -> crate::audit::run::Options {
+        crate::audit::run::Options {
+            skip_prefixes: self.registry.skip_prefix.clone(),
+            lookup_timeout: self.registry.lookup_timeout,
+            lookups_per_registry: self.registry.max_lookups_per_registry,
+            concurrency: 8,
         }
     }
 }

@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, ServiceAccount};
+use kube::api::ListParams;
 
 use crate::metrics::{KubeReadLabels, Metrics};
 
@@ -65,6 +66,16 @@ pub struct RawSecret {
     pub type_: String,
     pub data: BTreeMap<String, Vec<u8>>,
 }
+
+/// One page of a pod list, and the token for the next one (`None`: that was the last).
+#[derive(Debug, Default)]
+pub struct PodPage {
+    pub pods: Vec<Pod>,
+    pub next: Option<String>,
+}
+
+/// A namespace's name and labels.
+pub type NamespaceLabels = (String, BTreeMap<String, String>);
 
 #[derive(Clone, Debug)]
 pub struct ClusterOptions {
@@ -187,6 +198,163 @@ impl Cluster {
                 Ok(None)
             }
         }
+    }
+
+    /// The cluster `tagpin audit` reads, with the user's own credentials as kubectl finds them:
+    /// `--kubeconfig` (else `$KUBECONFIG`, else `~/.kube/config`, else the in-cluster service
+    /// account), its `--context` (else the current one). Also returns the context's namespace
+    /// (`default` when it names none).
+    pub async fn for_audit(
+        kubeconfig: Option<&Path>,
+        context: Option<&str>,
+        opts: ClusterOptions,
+        metrics: Arc<Metrics>,
+    ) -> Result<(Self, String), ClusterError> {
+        let options = kube::config::KubeConfigOptions {
+            context: context.map(str::to_string),
+            ..Default::default()
+        };
+        let first_line =
+            |e: &dyn std::fmt::Display| e.to_string().lines().next().unwrap_or("").to_string();
+        let config = match kubeconfig {
+            Some(path) => {
+                let bad = |reason: String| ClusterError::Kubeconfig {
+                    path: path.to_path_buf(),
+                    reason,
+                };
+                let kc = kube::config::Kubeconfig::read_from(path)
+                    .map_err(|e| bad(first_line(&e)))?;
+                kube::Config::from_custom_kubeconfig(kc, &options)
+                    .await
+                    .map_err(|e| bad(first_line(&e)))?
+            }
+            None => match kube::Config::from_kubeconfig(&options).await {
+                Ok(c) => c,
+                Err(e) if context.is_some() => {
+                    return Err(ClusterError::Client(format!(
+                        "cannot use context {:?} of the kubeconfig ($KUBECONFIG or ~/.kube/config): {}",
+                        context.unwrap_or_default(),
+                        first_line(&e)
+                    )))
+                }
+                Err(kc) => kube::Config::incluster().map_err(|ic| {
+                    ClusterError::Client(format!(
+                        "no usable kubeconfig ({}) and not in a cluster ({}); pass --kubeconfig FILE",
+                        first_line(&kc),
+                        first_line(&ic)
+                    ))
+                })?,
+            },
+        };
+        let namespace = config.default_namespace.clone();
+        Ok((Self::from_config(config, opts, metrics)?, namespace))
+    }
+
+    /// One page of pods: of `namespace` (all namespaces when `None`), matching the label
+    /// `selector`, at most `limit`, from `continue_token` on.
+    pub async fn list_pods(
+        &self,
+        namespace: Option<&str>,
+        selector: Option<&str>,
+        limit: u32,
+        continue_token: Option<&str>,
+    ) -> Result<PodPage, ReadError> {
+        let api = match namespace {
+            Some(ns) => kube::Api::<Pod>::namespaced(self.client.clone(), ns),
+            None => kube::Api::<Pod>::all(self.client.clone()),
+        };
+        let mut lp = ListParams::default().limit(limit);
+        if let Some(s) = selector {
+            lp = lp.labels(s);
+        }
+        if let Some(t) = continue_token {
+            lp = lp.continue_token(t);
+        }
+        let list = self.list("pod_list", api.list(&lp)).await?;
+        Ok(PodPage {
+            next: list.metadata.continue_.filter(|t| !t.is_empty()),
+            pods: list.items,
+        })
+    }
+
+    /// The labels of namespace `name`.
+    pub async fn namespace_labels(
+        &self,
+        name: &str,
+    ) -> Result<Fetched<BTreeMap<String, String>>, ReadError> {
+        let api = kube::Api::<Namespace>::all(self.client.clone());
+        Ok(self
+            .read("namespace", api.get_opt(name))
+            .await?
+            .map_found(|n| n.metadata.labels.unwrap_or_default()))
+    }
+
+    /// Every namespace with its labels (one list, paged by `limit`), and the pages it took.
+    /// `Forbidden` when the user may not list namespaces.
+    pub async fn all_namespace_labels(
+        &self,
+        limit: u32,
+    ) -> (Result<Fetched<Vec<NamespaceLabels>>, ReadError>, usize) {
+        let api = kube::Api::<Namespace>::all(self.client.clone());
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        let mut pages = 0;
+        loop {
+            let mut lp = ListParams::default().limit(limit);
+            if let Some(t) = &token {
+                lp = lp.continue_token(t);
+            }
+            pages += 1;
+            let list = match self.list("namespace_list", api.list(&lp)).await {
+                Ok(l) => l,
+                Err(ReadError::Api { code: 403, .. }) => return (Ok(Fetched::Forbidden), pages),
+                Err(e) => return (Err(e), pages),
+            };
+            out.extend(list.items.into_iter().map(|n| {
+                (
+                    n.metadata.name.unwrap_or_default(),
+                    n.metadata.labels.unwrap_or_default(),
+                )
+            }));
+            token = list.metadata.continue_.filter(|t| !t.is_empty());
+            if token.is_none() {
+                return (Ok(Fetched::Found(out)), pages);
+            }
+        }
+    }
+
+    /// A list call, bounded and counted like a read; every API error is an error here.
+    async fn list<T>(
+        &self,
+        kind: &'static str,
+        call: impl std::future::Future<Output = kube::Result<T>>,
+    ) -> Result<T, ReadError> {
+        let result = match tokio::time::timeout(self.opts.timeout, call).await {
+            Err(_) => Err(ReadError::Timeout {
+                after: self.opts.timeout,
+            }),
+            Ok(Ok(v)) => Ok(v),
+            // The message says who may not do what ("User \"x\" cannot list resource ...").
+            Ok(Err(kube::Error::Api(status))) => Err(ReadError::Api {
+                code: status.code,
+                reason: match status.message.lines().next().filter(|m| !m.is_empty()) {
+                    Some(m) => format!("{} ({m})", status.reason),
+                    None => status.reason.clone(),
+                },
+            }),
+            Ok(Err(e)) => Err(ReadError::Transport(e.to_string())),
+        };
+        let outcome = match &result {
+            Ok(_) => "found",
+            Err(ReadError::Api { code: 403, .. }) => "forbidden",
+            Err(ReadError::Timeout { .. }) => "timeout",
+            Err(_) => "error",
+        };
+        self.metrics
+            .kube_reads
+            .get_or_create(&KubeReadLabels { kind, outcome })
+            .inc();
+        result
     }
 
     /// How long found and missing objects may be reused (the resolver caches reads).

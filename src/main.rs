@@ -4,15 +4,14 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use clap::Parser as _;
 use tagpin::admission::Admitter;
-use tagpin::cli::{Cli, Command, PinArgs, RegistryArgs, ResolveArgs};
+use tagpin::cli::{AuditArgs, Command, PinArgs, RegistryArgs, ResolveArgs};
 use tagpin::metrics::Metrics;
 use tagpin::resolve::Resolver;
 
 fn main() -> ExitCode {
     tagpin::install_crypto_provider();
-    let cli = Cli::parse();
+    let cli = tagpin::cli::parse();
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -25,6 +24,7 @@ fn main() -> ExitCode {
             Command::Serve(args) => serve(args).await.map(|()| ExitCode::SUCCESS),
             Command::Resolve(args) => resolve(args).await,
             Command::Pin(args) => pin(args).await,
+            Command::Audit(args) => audit(args).await,
         }
     });
     match result {
@@ -163,4 +163,51 @@ async fn pin(args: PinArgs) -> anyhow::Result<ExitCode> {
         eprintln!("tagpin: {}", report.summary(opts.mode));
     }
     Ok(ExitCode::from(code))
+}
+
+async fn audit(args: AuditArgs) -> anyhow::Result<ExitCode> {
+    init_logging(&args.registry);
+    let fail = |e: &dyn std::fmt::Display| {
+        eprintln!("tagpin: audit: {e}");
+        Ok(ExitCode::from(2))
+    };
+    if args.registry.no_kube {
+        return fail(&"--no-kube: the audit reads pods from the Kubernetes API; leave it out");
+    }
+    let metrics = Arc::new(Metrics::new());
+    let (cluster, context_ns) = match tagpin::cluster::Cluster::for_audit(
+        args.kubeconfig.as_deref(),
+        args.context.as_deref(),
+        args.cluster_options(),
+        metrics.clone(),
+    )
+    .await
+    {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let admitter = match build(&args.registry, metrics, |rc| {
+        rc.cluster = Some(cluster.clone());
+        rc.registry.policy = Arc::new(args.address_policy());
+        // One answer per tag for the whole run, however long it takes (nothing outlives it).
+        rc.cache_ttl = rc.cache_ttl.max(std::time::Duration::from_secs(24 * 3600));
+    }) {
+        Ok(a) => a,
+        Err(e) => return fail(&format!("{e:#}")),
+    };
+    let progress = |line: &str| eprintln!("tagpin: {line}");
+    let (scope, opts) = (args.scope(&context_ns), args.options());
+    let run = tagpin::audit::run::run(&cluster, &admitter.resolver, &scope, &opts, &progress);
+    let report = match run.await {
+        Ok(r) => r,
+        Err(e) => return fail(&e),
+    };
+    for w in &report.warnings {
+        eprintln!("tagpin: warning: {w}");
+    }
+    match args.output {
+        tagpin::cli::AuditOutput::Table => print!("{}", report.table()),
+        tagpin::cli::AuditOutput::Json => print!("{}", report.json()),
+    }
+    Ok(ExitCode::from(report.exit_code(&args.fail_on)))
 }

@@ -202,6 +202,16 @@ pub fn is_controller_owned(object: &Value) -> bool {
         })
 }
 
+/// The `tagpin.io/pinned` record key of container `name` in `list` (`containers`,
+/// `initContainers` or `ephemeralContainers`): `web`, `init/migrate`, `ephemeral/debug`.
+pub fn container_key(list: &str, name: &str) -> String {
+    match list {
+        "initContainers" => format!("init/{name}"),
+        "ephemeralContainers" => format!("ephemeral/{name}"),
+        _ => name.to_string(),
+    }
+}
+
 /// Every image field in the pod spec at `spec_at` inside `object`: `containers[].image`,
 /// `initContainers[].image`, `ephemeralContainers[].image` and `volumes[].image.reference`.
 /// Fields that are absent or not strings are skipped (the API server validates them).
@@ -222,11 +232,7 @@ pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSit
                 pointer.push_back(i);
                 pointer.push_back("image");
                 let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
-                let key = match list {
-                    "initContainers" => format!("init/{name}"),
-                    "ephemeralContainers" => format!("ephemeral/{name}"),
-                    _ => name.to_string(),
-                };
+                let key = container_key(list, name);
                 sites.push(ImageSite {
                     pointer,
                     image: image.to_string(),
@@ -419,8 +425,9 @@ impl Record {
     }
 }
 
-/// A record value: a JSON object of strings. Anything else is treated as no record.
-fn parse_record(s: &str) -> Option<BTreeMap<String, String>> {
+/// A record value (the `tagpin.io/pinned` annotation): a JSON object of strings, site key to the
+/// image as written before pinning. Anything else is treated as no record.
+pub fn parse_record(s: &str) -> Option<BTreeMap<String, String>> {
     serde_json::from_str(s).ok()
 }
 
