@@ -516,23 +516,23 @@ fn tag_findings(
     };
     let mode = namespaces.mode(&pod.namespace);
     let why = match mode {
-        None => "whether its namespace has opted in is unknown (its labels could not be read)".to_string(),
-        Some(Some("enforce")) => "its namespace enforces pinning (tagpin.io/mode=enforce): it was created before that, or while tagpin's webhook was not called".to_string(),
+        None => "namespace opt-in unknown (its labels could not be read)".to_string(),
+        Some(Some("enforce")) => "namespace enforces pinning (tagpin.io/mode=enforce): created before that, or while the webhook was not called".to_string(),
         Some(Some(m)) if opted_in(Some(m)) && pod.skip_label => {
-            format!("its namespace has opted in (tagpin.io/mode={m}) but the pod carries tagpin.io/skip=true")
+            format!("namespace opted in (tagpin.io/mode={m}), pod has tagpin.io/skip=true")
         }
-        Some(Some(m)) if opted_in(Some(m)) => format!("its namespace has opted in (tagpin.io/mode={m}): the pod was created before that, or admitted while tagpin was unreachable (fallback-allow)"),
-        Some(_) => "its namespace has not opted in (label it tagpin.io/mode=enabled)".to_string(),
+        Some(Some(m)) if opted_in(Some(m)) => format!("namespace opted in (tagpin.io/mode={m}): created before that, or admitted while tagpin was down (fallback-allow)"),
+        Some(_) => "namespace has not opted in".to_string(),
     };
     let now_says = match resolved {
-        Some(d) => format!("; it resolves to {} now", short(d)),
+        Some(d) => format!("; the tag is {} now", short(d)),
         None => String::new(),
     };
     let mut f = Finding::new(
         Kind::Unpinned,
         pod,
         c,
-        format!("{} is a tag, not a digest; {why}{now_says}", r.original()),
+        format!("{} is a tag; {why}{now_says}", r.original()),
     );
     f.tag = Some(r.original().to_string());
     f.resolved = resolved.map(Digest::to_string);
@@ -546,12 +546,12 @@ fn tag_findings(
             opted_in: None,
             skip_label: None,
             detail: format!(
-                "{} uses {}, which moves with every push; pin a versioned tag",
+                "{} {}, which moves with every push",
                 r.original(),
                 if r.original().ends_with(":latest") {
-                    ":latest"
+                    "is :latest"
                 } else {
-                    "no tag (:latest)"
+                    "has no tag (:latest)"
                 }
             ),
             ..base.clone()
@@ -564,7 +564,7 @@ fn tag_findings(
             opted_in: None,
             skip_label: None,
             detail: format!(
-                "the node runs {} but {} resolves to {} now: it pulled an older build of the tag (the tag moved; a restart on a node with the old image keeps it under IfNotPresent)",
+                "node runs {}, {} is {} now: pulled before the tag moved",
                 short(running),
                 r.original(),
                 short(d)
@@ -579,9 +579,9 @@ fn tag_findings(
                 skip_label: None,
                 check: Some(Kind::Stale),
                 detail: format!(
-                    "cannot check whether the node's {} is still the build {} names: {why}",
-                    short(running),
-                    r.original()
+                    "cannot check {} against the node's {}: {why}",
+                    r.original(),
+                    short(running)
                 ),
                 ..base
             });
@@ -606,7 +606,7 @@ fn pinned_findings(
         out.push(Finding {
             kind: Kind::Mismatch,
             detail: format!(
-                "the spec pins {} but the node runs {}: the registry or a mirror served other content, or the runtime reports another digest for it",
+                "spec pins {}, node runs {}: a registry or mirror served other content",
                 short(digest),
                 short(running)
             ),
@@ -617,25 +617,22 @@ fn pinned_findings(
     if is_latest(r) {
         out.push(Finding {
             kind: Kind::Latest,
-            detail: format!(
-                "pinned from {}, which moves with every push; pin a versioned tag",
-                r.original()
-            ),
+            detail: format!("pinned from {}, which moves with every push", r.original()),
             ..base.clone()
         });
     }
     let target = match &pod.workload {
         Some(w) => {
-            format!("a rollout of {w} is waiting (re-apply it, or run tagpin pin on its manifest)")
+            format!("a rollout of {w} is waiting")
         }
-        None => "the pod runs the old build until it is recreated".to_string(),
+        None => "the pod keeps the old build until it is recreated".to_string(),
     };
     match now {
         Some(Outcome::Pinned(d)) if d != digest => out.push(Finding {
             kind: Kind::Moved,
             resolved: Some(d.to_string()),
             detail: format!(
-                "pinned to {} from {}, which resolves to {} now: {target}",
+                "pinned {} from {}, which is {} now: {target}",
                 short(digest),
                 r.original(),
                 short(d)
@@ -648,7 +645,7 @@ fn pinned_findings(
                 kind: Kind::Unknown,
                 check: Some(Kind::Moved),
                 detail: format!(
-                    "cannot check whether {} still names {}: {why}",
+                    "cannot check whether {} still is {}: {why}",
                     r.original(),
                     short(digest)
                 ),
@@ -703,16 +700,11 @@ fn mixed(pods: &[PodFacts], skip_prefixes: &[String]) -> Vec<Finding> {
             })
             .collect::<Vec<_>>()
             .join(", ");
-        let owner = pod.owner.as_ref().map_or(String::new(), Owner::to_string);
         let mut f = Finding::new(
             Kind::Mixed,
             pod,
             c,
-            format!(
-                "the pods of {owner} run {} builds of container {}: {list}",
-                digests.len(),
-                c.key
-            ),
+            format!("pods run {} builds: {list}", digests.len()),
         );
         f.pod = None;
         f.running = None;

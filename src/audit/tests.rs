@@ -238,7 +238,7 @@ fn unpinned_says_whether_the_namespace_opted_in_and_the_skip_label() {
         "{}",
         f[2].detail
     );
-    assert!(f[3].detail.contains("unknown"), "{}", f[3].detail);
+    assert!(f[3].detail.contains("opt-in unknown"), "{}", f[3].detail);
     assert!(gaps.warnings.is_empty() && gaps.unreachable.is_empty());
 }
 
@@ -748,8 +748,9 @@ fn table_has_a_header_a_row_per_finding_and_the_summary() {
         "{t}"
     );
     assert!(
-        lines[1]
-            .starts_with("ns          ReplicaSet/rs   old   c           unpinned   app:1 is a tag"),
+        lines[1].starts_with(
+            "ns          ReplicaSet/rs   old   c           unpinned   app:1 is a tag;"
+        ),
         "{t}"
     );
     assert!(lines[2].contains("stale"), "{t}");
