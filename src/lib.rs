@@ -14,6 +14,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pin;
 pub mod podspec;
+pub mod progress;
 pub mod prune;
 pub mod reference;
 pub mod resolve;

@@ -9,6 +9,10 @@ use tagpin::cli::{AuditArgs, Command, PinArgs, RegistryArgs, ResolveArgs};
 use tagpin::metrics::Metrics;
 use tagpin::resolve::Resolver;
 
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     tagpin::install_crypto_provider();
     let cli = tagpin::cli::parse();

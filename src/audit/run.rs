@@ -14,6 +14,8 @@ use tokio::sync::Semaphore;
 use super::report::{Report, Requests, Summary, Unreachable};
 use super::{Answers, Asker, Inventory, Namespaces};
 use crate::cluster::{Cluster, Fetched, ReadError};
+use crate::progress::Progress;
+use crate::reference::ImageRef;
 use crate::resolve::{BatchRequest, Budget, CredentialRequest, ImageOutcome, Resolver};
 
 /// Which pods to audit.
@@ -118,19 +120,11 @@ pub async fn run(
     resolver: &Resolver,
     scope: &Scope,
     opts: &Options,
-    progress: &(dyn Fn(&str) + Sync),
+    progress: Progress<'_>,
 ) -> Result<Report, AuditError> {
     let state = Arc::new(State::default());
     let work = audit(cluster, resolver, scope, opts, &state);
-    tokio::pin!(work);
-    let second = Duration::from_secs(1);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
-    loop {
-        tokio::select! {
-            r = &mut work => return r,
-            _ = tick.tick() => progress(&state.line()),
-        }
-    }
+    crate::progress::report_while(work, || state.line(), progress).await
 }
 
 async fn audit(
@@ -145,7 +139,20 @@ async fn audit(
     let mut warnings = Vec::new();
     let namespaces = namespaces(cluster, scope, &inventory, &mut requests, &mut warnings).await;
     let wanted = inventory.wanted(&opts.skip_prefixes);
-    requests.tags_resolved = wanted.values().flatten().collect::<BTreeSet<_>>().len();
+    // Distinct tags as the registry sees them (`app` and `app:latest` are one).
+    requests.tags_resolved = wanted
+        .values()
+        .flatten()
+        .filter_map(|t| ImageRef::parse(t).ok())
+        .map(|r| {
+            (
+                r.registry().to_string(),
+                r.repository().to_string(),
+                r.tag().to_string(),
+            )
+        })
+        .collect::<BTreeSet<_>>()
+        .len();
     state
         .lookups
         .store(wanted.values().map(Vec::len).sum(), Ordering::Relaxed);
@@ -291,7 +298,8 @@ async fn resolve(
     let mut tasks = tokio::task::JoinSet::new();
     for (asker, images) in wanted {
         let (resolver, gate, done) = (resolver.clone(), gate.clone(), state.done.clone());
-        let budget = budget(images.len(), opts);
+        let budget =
+            Budget::for_queue(images.len(), opts.lookups_per_registry, opts.lookup_timeout);
         tasks.spawn(async move {
             let _slot = gate.acquire_owned().await.ok();
             let secrets: Vec<_> = asker
@@ -309,9 +317,7 @@ async fn resolve(
                 allow_stale: false,
                 progress: Some(done),
             };
-            let batch = resolver
-                .resolve_batch(&req, &images, Budget::from_now(budget))
-                .await;
+            let batch = resolver.resolve_batch(&req, &images, budget).await;
             let answers: BTreeMap<_, _> = images
                 .into_iter()
                 .zip(batch.outcomes)
@@ -336,10 +342,4 @@ async fn resolve(
         }
     }
     answers
-}
-
-/// Time for `n` lookups that go `per_registry` at a time, each within the lookup timeout.
-fn budget(n: usize, opts: &Options) -> Duration {
-    let waves = n.div_ceil(opts.lookups_per_registry.max(1)).max(1) as u32;
-    opts.lookup_timeout.saturating_mul(waves)
 }

@@ -126,7 +126,7 @@ impl Report {
 }
 
 /// Progress while resolving (a line now and then), for `main` to show.
-pub type Progress<'a> = &'a (dyn Fn(&str) + Sync);
+pub use crate::progress::Progress;
 
 /// The one place `pin` uses the resolver: images in, outcome per image (as written) out, plus
 /// warnings about credential sources, through the resolver's one entry point (deduped,
@@ -146,23 +146,18 @@ pub async fn lookup(
     };
     let names: Vec<&str> = images.iter().map(ImageRef::original).collect();
     // A CI run is not an admission: each lookup gets the lookup timeout, however many queue.
-    let rounds = u32::try_from(total.div_ceil(16).max(1)).unwrap_or(u32::MAX);
-    let budget = Budget::from_now(timeout.saturating_mul(rounds));
-    let batch = resolver.resolve_batch(&req, &names, budget);
-    tokio::pin!(batch);
+    let budget = Budget::for_queue(total, 16, timeout);
     let started = Instant::now();
-    let second = Duration::from_secs(1);
-    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + second, second);
-    let batch = loop {
-        tokio::select! {
-            b = &mut batch => break b,
-            _ = tick.tick() => progress(&format!(
-                "resolving {total} image(s): {} done, {:.0?} so far",
-                done.load(std::sync::atomic::Ordering::Relaxed),
-                started.elapsed()
-            )),
-        }
+    let line = || {
+        format!(
+            "resolving {total} image(s): {} done, {:.0?} so far",
+            done.load(std::sync::atomic::Ordering::Relaxed),
+            started.elapsed()
+        )
     };
+    let batch =
+        crate::progress::report_while(resolver.resolve_batch(&req, &names, budget), line, progress)
+            .await;
     let mut out = HashMap::with_capacity(total);
     for (image, outcome) in images.iter().zip(batch.outcomes) {
         if let ImageOutcome::Resolved(_, o) = outcome {

@@ -204,6 +204,13 @@ impl Budget {
         }
     }
 
+    /// For a command line run rather than an admission: `n` lookups that go `per_wave` at a
+    /// time, each within `lookup_timeout`, however many queue.
+    pub fn for_queue(n: usize, per_wave: usize, lookup_timeout: Duration) -> Self {
+        let waves = u32::try_from(n.div_ceil(per_wave.max(1)).max(1)).unwrap_or(u32::MAX);
+        Self::from_now(lookup_timeout.saturating_mul(waves))
+    }
+
     pub fn deadline(&self) -> Instant {
         self.started + self.timeout
     }
