@@ -30,7 +30,6 @@ from harness import (
     Result,
     audit_events,
     audit_log_size,
-    get,
     kubectl,
     kubelet_status,
     kustomize,
@@ -520,7 +519,7 @@ def test_18_kubectl_plugin(env, scenario, tmp_path):
 # --- 19 -------------------------------------------------------------------------------------------
 
 
-def test_19_two_thousand_pods(env, registry, api, auditor):
+def test_19_two_thousand_pods(env, registry, api, auditor, capsys):
     """2,000 pods in 4 namespaces, 10 tags, half of them running an old digest: one paged list,
     one registry request per tag. Wall time and request counts are reported, never asserted."""
     namespaces = [namespace(f"audit-bulk-{RUN}-{i}") for i in range(4)]
@@ -570,7 +569,10 @@ def test_19_two_thousand_pods(env, registry, api, auditor):
             f"requests ({sum(per_tag_after.values()) - sum(per_tag.values())} for the 10 tags); "
             f"findings in the 4 namespaces: {kinds}; setup (create + status of 2000 pods) {setup:.1f} s"
         )
-        print(f"\ne2e: {summary}", file=sys.__stderr__)
+        # pytest captures file descriptor 2 itself (sys.__stderr__ included): suspend it so the
+        # line reaches the CI log on success too.
+        with capsys.disabled():
+            print(f"\ne2e: {summary}", file=sys.__stderr__, flush=True)
         (Path(env["state"]) / "audit-2000.txt").write_text(summary + "\n")
 
         assert kinds == {**{k: 0 for k in KINDS}, "unpinned": 2000, "stale": 1000}, kinds
