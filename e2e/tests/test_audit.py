@@ -374,7 +374,10 @@ def test_14_audit_finds_every_kind_in_json(env, scenario, registry):
     after = {t: registry.manifest_requests(*t) for t in tags}
     assert {t: after[t] - before[t] for t in tags} == {t: 1 for t in tags}
     assert registry.manifest_requests("e2e/audit-pinned") == pinned_before
-    assert out["requests"]["tags_resolved"] == 7, f"5 tags here, 2 on the registry that does not answer: {out['requests']}"
+    assert out["requests"]["tags_resolved"] == 7, (
+        "7 distinct tags: 5 on the test registry (REPO and REPO:latest are one tag, looked up once) and 2 on the "
+        f"registry that does not answer: {out['requests']}"
+    )
 
 
 # --- 15 -------------------------------------------------------------------------------------------
