@@ -1,6 +1,7 @@
-"""Helpers for the end-to-end cases (e2e/tests/test_cluster.py), which scripts/e2e runs against the
-cluster it started. Everything here talks to 127.0.0.1 only: the API server through kubectl, the
-registries over their HTTP API, tagpin through its PID and metrics port.
+"""Helpers for the end-to-end cases (e2e/tests/test_*.py), which scripts/e2e runs against the
+cluster it started. Everything here talks to 127.0.0.1 only: the API server through kubectl (and,
+for bulk work kubectl is too slow for, directly: Api), the registries over their HTTP API, tagpin
+through its PID and metrics port; the API server's audit log is read from its file.
 
 Also a command line for scripts/e2e:
 
@@ -14,15 +15,20 @@ CA_FILE. Nothing else changes (test_01 checks that).
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import hashlib
+import http.client
 import json
 import os
+import re
 import signal
 import ssl
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -165,6 +171,219 @@ def images(obj: dict, path: str = "spec") -> list[str]:
     return [c["image"] for c in node.get("initContainers", []) + node["containers"]]
 
 
+# --- the API server, directly ---------------------------------------------------------------
+
+
+class ApiError(Exception):
+    pass
+
+
+# Plural resource names of the kinds the cases create through Api (lower-cased kind + "s"
+# otherwise).
+_PLURAL = {"NetworkPolicy": "networkpolicies"}
+
+
+class Api:
+    """A small HTTPS client to the API server with the admin certificate (e2e.json: api_server,
+    kube_ca, admin_cert, admin_key), for bulk work: one keep-alive connection per thread. Every
+    error raises ApiError with the API's own message."""
+
+    def __init__(self, server: str, ca: str, cert: str, key: str):
+        m = re.fullmatch(r"https://([^:/]+):(\d+)/?", server)
+        if not m:
+            raise ValueError(f"Api: {server} is not https://HOST:PORT")
+        self.host, self.port = m.group(1), int(m.group(2))
+        self.ctx = ssl.create_default_context(cafile=ca)
+        self.ctx.load_cert_chain(cert, key)
+        self._local = threading.local()
+
+    @classmethod
+    def from_env(cls, env: dict) -> "Api":
+        return cls(env["api_server"], env["kube_ca"], env["admin_cert"], env["admin_key"])
+
+    def _conn(self, fresh: bool = False) -> http.client.HTTPSConnection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None or fresh:
+            if conn is not None:
+                conn.close()
+            conn = http.client.HTTPSConnection(self.host, self.port, context=self.ctx, timeout=60)
+            self._local.conn = conn
+        return conn
+
+    def request(self, method: str, path: str, body=None, content_type: str = "application/json") -> dict:
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = content_type
+        for attempt in (0, 1):
+            conn = self._conn(fresh=attempt == 1)
+            try:
+                conn.request(method, path, body=data, headers=headers)
+                resp = conn.getresponse()
+                raw = resp.read()
+                break
+            except (http.client.HTTPException, ConnectionError, ssl.SSLError):
+                if attempt == 1:  # a keep-alive connection the server closed: retried once, fresh
+                    raise
+        try:
+            obj = json.loads(raw) if raw else {}
+        except ValueError:
+            obj = {"message": raw.decode(errors="replace")}
+        if resp.status >= 300:
+            raise ApiError(f"{method} {path}: {resp.status} {obj.get('reason', '')}: {obj.get('message', raw[:500])}")
+        return obj
+
+    @staticmethod
+    def path(api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
+        base = f"/api/{api_version}" if "/" not in api_version else f"/apis/{api_version}"
+        resource = _PLURAL.get(kind, kind.lower() + "s")
+        p = f"{base}/namespaces/{namespace}/{resource}" if namespace else f"{base}/{resource}"
+        return f"{p}/{name}" if name else p
+
+    def create(self, namespace: str | None, obj: dict) -> dict:
+        """POST OBJ (any kind; apiVersion and kind from the object) into NAMESPACE; the stored
+        object."""
+        return self.request("POST", self.path(obj["apiVersion"], obj["kind"], namespace), obj)
+
+    def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict:
+        return self.request("GET", self.path(api_version, kind, namespace, name))
+
+    def list(self, api_version: str, kind: str, namespace: str | None = None, **query: str) -> list[dict]:
+        """Every item, following continue tokens."""
+        items, cont = [], ""
+        while True:
+            q = dict(query, limit="500", **({"continue": cont} if cont else {}))
+            path = self.path(api_version, kind, namespace) + "?" + urllib.parse.urlencode(q)
+            page = self.request("GET", path)
+            items += page["items"]
+            cont = page["metadata"].get("continue")
+            if not cont:
+                return items
+
+    def patch_status(self, namespace: str, pod: str, status: dict) -> dict:
+        """A merge patch of the pod's status subresource, which is what a kubelet writes."""
+        return self.request(
+            "PATCH",
+            f"/api/v1/namespaces/{namespace}/pods/{pod}/status",
+            {"status": status},
+            "application/merge-patch+json",
+        )
+
+    @staticmethod
+    def bulk(fn, items, workers: int = 16) -> list:
+        """fn(item) for every item on WORKERS threads; the results in ITEMS' order. The first
+        error raises (after the others finished)."""
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            return list(pool.map(fn, items))
+
+
+def kubelet_status(pod: dict, image_ids: dict[str, str], started_at: str | None = None) -> dict:
+    """The status a kubelet writes for POD once all its containers run: phase Running, the five
+    conditions True, the host and pod IP (127.0.0.1), and a status per container of the spec
+    (init containers: terminated with exit 0) with its imageID from IMAGE_IDS (container name ->
+    imageID as the runtime reports it: `docker-pullable://REPO@sha256:…` from dockershim /
+    cri-dockerd, `REPO@sha256:…` from containerd and CRI-O)."""
+    now = started_at or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    spec, meta = pod["spec"], pod["metadata"]
+
+    def container_id(name: str) -> str:
+        return "containerd://" + hashlib.sha256(f"{meta.get('uid')}/{name}".encode()).hexdigest()
+
+    def status(c: dict, init: bool) -> dict:
+        s = {
+            "name": c["name"],
+            "image": c["image"],
+            "imageID": image_ids[c["name"]],
+            "containerID": container_id(c["name"]),
+            "ready": not init,
+            "started": not init,
+            "restartCount": 0,
+        }
+        if init:
+            s["state"] = {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now,
+                                         "finishedAt": now, "containerID": container_id(c["name"])}}
+        else:
+            s["state"] = {"running": {"startedAt": now}}
+        return s
+
+    out = {
+        "phase": "Running",
+        "conditions": [
+            {"type": t, "status": "True", "lastProbeTime": None, "lastTransitionTime": now}
+            for t in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady", "PodScheduled")
+        ],
+        "hostIP": "127.0.0.1",
+        "hostIPs": [{"ip": "127.0.0.1"}],
+        "podIP": "127.0.0.1",
+        "podIPs": [{"ip": "127.0.0.1"}],
+        "startTime": now,
+        "containerStatuses": [status(c, False) for c in spec["containers"]],
+    }
+    if spec.get("initContainers"):
+        out["initContainerStatuses"] = [status(c, True) for c in spec["initContainers"]]
+    return out
+
+
+# --- the API server's audit log ------------------------------------------------------------
+
+
+def _stable(read, settle: float = 0.5, bound: float = 5):
+    """read() until its value has not changed for SETTLE seconds (bounded at BOUND)."""
+    last, since, deadline = read(), time.monotonic(), time.monotonic() + bound
+    while time.monotonic() < deadline and time.monotonic() - since < settle:
+        time.sleep(0.1)
+        now = read()
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
+
+
+def audit_log_size(log_path: str | Path) -> int:
+    """Where the audit log ends now (pass it to audit_events as SINCE), once it has stopped
+    growing."""
+
+    def size() -> int:
+        try:
+            return Path(log_path).stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    return _stable(size)
+
+
+def audit_events(log_path: str | Path, user: str = "e2e-auditor", since: int = 0) -> list[dict]:
+    """The API server's audit events of USER after byte offset SINCE (scripts/e2e logs only
+    e2e-auditor, one event per request), once the file has stopped growing: dicts with verb,
+    resource (with "/subresource"), namespace, name, requestURI and code. Requests made by another
+    user impersonating USER (`kubectl --as`) are not USER's and are left out."""
+    audit_log_size(log_path)
+    with open(log_path, "rb") as f:
+        f.seek(since)
+        lines = f.read().decode().splitlines()
+    out = []
+    for line in lines:
+        if not line.strip():
+            continue
+        e = json.loads(line)
+        if e.get("user", {}).get("username") != user or e.get("stage") not in ("ResponseComplete", "Panic"):
+            continue
+        ref = e.get("objectRef", {})
+        resource = ref.get("resource")
+        if resource and ref.get("subresource"):
+            resource += "/" + ref["subresource"]
+        out.append(
+            {
+                "verb": e["verb"],
+                "resource": resource,
+                "namespace": ref.get("namespace"),
+                "name": ref.get("name"),
+                "requestURI": e["requestURI"],
+                "code": e.get("responseStatus", {}).get("code"),
+            }
+        )
+    return out
+
+
 # --- registries --------------------------------------------------------------------------------
 
 
@@ -238,9 +457,11 @@ class Registry:
         )
         return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
-    def manifest_requests(self, repo: str) -> int:
-        """Manifest HEADs and GETs for REPO in the access log, once the count has been stable for
-        0.5 s (the registry logs after answering; bounded at 5 s)."""
+    def manifest_requests(self, repo: str, reference: str | None = None) -> int:
+        """Manifest HEADs and GETs for REPO (only of REFERENCE, a tag or digest, if given) in the
+        access log, once the count has been stable for 0.5 s (the registry logs after answering;
+        bounded at 5 s)."""
+        ref = f"{reference} " if reference is not None else ""
 
         def count() -> int:
             try:
@@ -250,16 +471,10 @@ class Registry:
             return sum(
                 1
                 for line in text.splitlines()
-                if f'"HEAD /v2/{repo}/manifests/' in line or f'"GET /v2/{repo}/manifests/' in line
+                if f'"HEAD /v2/{repo}/manifests/{ref}' in line or f'"GET /v2/{repo}/manifests/{ref}' in line
             )
 
-        last, stable_since, deadline = count(), time.monotonic(), time.monotonic() + 5
-        while time.monotonic() < deadline and time.monotonic() - stable_since < 0.5:
-            time.sleep(0.1)
-            now = count()
-            if now != last:
-                last, stable_since = now, time.monotonic()
-        return last
+        return _stable(count)
 
 
 # --- tagpin as a process -------------------------------------------------------------------
