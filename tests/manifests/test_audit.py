@@ -48,7 +48,7 @@ class Audit(unittest.TestCase):
         granted = {(r, v) for rule in rules for r in rule["resources"] for v in rule["verbs"]}
         self.assertTrue(all(rule["apiGroups"] == [""] for rule in rules))
         self.assertEqual(granted, {("pods", "list"), ("namespaces", "get"), ("namespaces", "list"),
-                                   ("serviceaccounts", "get"), ("secrets", "get")})
+                                   ("secrets", "get")})
         binding = one("audit", "ClusterRoleBinding", "tagpin-audit")
         self.assertEqual(binding["roleRef"]["name"], "tagpin-audit")
         self.assertEqual(binding["subjects"], [{"kind": "ServiceAccount", "name": "tagpin-audit", "namespace": "tagpin-system"}])
