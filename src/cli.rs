@@ -174,6 +174,31 @@ pub struct RegistryArgs {
     pub log_format: LogFormat,
 }
 
+/// Where the commands that read pod specs (`serve`, `audit`) may connect: pod specs are written by
+/// whoever creates pods, so loopback, link-local and metadata addresses are refused unless allowed.
+#[derive(Args, Debug, Clone)]
+pub struct AddressArgs {
+    /// Address range tagpin may connect to although it is loopback, link-local or otherwise
+    /// refused (e.g. 127.0.0.0/8 for a registry on the node). Repeatable.
+    #[arg(
+        long = "allow-registry-cidr",
+        env = "TAGPIN_ALLOW_REGISTRY_CIDR",
+        value_delimiter = ',',
+        value_name = "CIDR"
+    )]
+    pub allow_registry_cidr: Vec<Cidr>,
+}
+
+impl AddressArgs {
+    /// The policy: refused ranges except those allowed; registries named `--insecure-registry`.
+    pub fn policy(&self, registry: &RegistryArgs) -> AddressPolicy {
+        AddressPolicy::serve(
+            self.allow_registry_cidr.clone(),
+            &registry.insecure_registry,
+        )
+    }
+}
+
 #[derive(Args, Debug)]
 pub struct ServeArgs {
     /// HTTPS address for admission reviews.
@@ -210,15 +235,8 @@ pub struct ServeArgs {
     /// How long a read Secret or ServiceAccount is reused ("not found" and "forbidden": at most 5s).
     #[arg(long, env = "TAGPIN_KUBE_CACHE_TTL", default_value = "30s", value_parser = duration)]
     pub kube_cache_ttl: Duration,
-    /// Address range tagpin may connect to although it is loopback, link-local or otherwise
-    /// refused (e.g. 127.0.0.0/8 for a registry on the node). Repeatable.
-    #[arg(
-        long = "allow-registry-cidr",
-        env = "TAGPIN_ALLOW_REGISTRY_CIDR",
-        value_delimiter = ',',
-        value_name = "CIDR"
-    )]
-    pub allow_registry_cidr: Vec<Cidr>,
+    #[command(flatten)]
+    pub addresses: AddressArgs,
     /// Most distinct images resolved for one review; the rest are left unpinned with one warning
     /// (/mutate) or denied (/enforce).
     #[arg(long, env = "TAGPIN_MAX_IMAGES_PER_REVIEW", default_value_t = 64)]
@@ -351,15 +369,8 @@ pub struct AuditArgs {
     /// Bound on one Kubernetes API request (one page of pods, one namespace read).
     #[arg(long, default_value = "30s", value_parser = duration)]
     pub kube_timeout: Duration,
-    /// Address range tagpin may connect to although it is loopback, link-local or otherwise
-    /// refused (pod specs name the registries, so audit refuses them as `serve` does). Repeatable.
-    #[arg(
-        long = "allow-registry-cidr",
-        env = "TAGPIN_ALLOW_REGISTRY_CIDR",
-        value_delimiter = ',',
-        value_name = "CIDR"
-    )]
-    pub allow_registry_cidr: Vec<Cidr>,
+    #[command(flatten)]
+    pub addresses: AddressArgs,
     #[command(flatten)]
     pub registry: RegistryArgs,
 }
@@ -367,10 +378,7 @@ pub struct AuditArgs {
 impl AuditArgs {
     /// Where audit may connect: as `serve` (pod specs are written by whoever creates pods).
     pub fn address_policy(&self) -> AddressPolicy {
-        AddressPolicy::serve(
-            self.allow_registry_cidr.clone(),
-            &self.registry.insecure_registry,
-        )
+        self.addresses.policy(&self.registry)
     }
 
     pub fn cluster_options(&self) -> ClusterOptions {
@@ -480,10 +488,7 @@ impl RegistryArgs {
 impl ServeArgs {
     /// Where `serve` may connect: no loopback, link-local or metadata addresses unless allowed.
     pub fn address_policy(&self) -> AddressPolicy {
-        AddressPolicy::serve(
-            self.allow_registry_cidr.clone(),
-            &self.registry.insecure_registry,
-        )
+        self.addresses.policy(&self.registry)
     }
 
     pub fn cluster_options(&self) -> ClusterOptions {

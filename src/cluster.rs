@@ -344,17 +344,22 @@ impl Cluster {
             }),
             Ok(Err(e)) => Err(ReadError::Transport(e.to_string())),
         };
-        let outcome = match &result {
-            Ok(_) => "found",
-            Err(ReadError::Api { code: 403, .. }) => "forbidden",
-            Err(ReadError::Timeout { .. }) => "timeout",
-            Err(_) => "error",
-        };
+        self.count(
+            kind,
+            match &result {
+                Ok(_) => "found",
+                Err(ReadError::Api { code: 403, .. }) => "forbidden",
+                Err(e) => failure(e),
+            },
+        );
+        result
+    }
+
+    fn count(&self, kind: &'static str, outcome: &'static str) {
         self.metrics
             .kube_reads
             .get_or_create(&KubeReadLabels { kind, outcome })
             .inc();
-        result
     }
 
     /// How long found and missing objects may be reused (the resolver caches reads).
@@ -409,18 +414,15 @@ impl Cluster {
         get: impl std::future::Future<Output = kube::Result<Option<T>>>,
     ) -> Result<Fetched<T>, ReadError> {
         let result = self.read_uncounted(get).await;
-        let outcome = match &result {
-            Ok(Fetched::Found(_)) => "found",
-            Ok(Fetched::NotFound) => "not_found",
-            Ok(Fetched::Forbidden) => "forbidden",
-            Ok(Fetched::Unusable(_)) => "found",
-            Err(ReadError::Timeout { .. }) => "timeout",
-            Err(_) => "error",
-        };
-        self.metrics
-            .kube_reads
-            .get_or_create(&KubeReadLabels { kind, outcome })
-            .inc();
+        self.count(
+            kind,
+            match &result {
+                Ok(Fetched::Found(_) | Fetched::Unusable(_)) => "found",
+                Ok(Fetched::NotFound) => "not_found",
+                Ok(Fetched::Forbidden) => "forbidden",
+                Err(e) => failure(e),
+            },
+        );
         result
     }
 
@@ -441,5 +443,13 @@ impl Cluster {
             }),
             Ok(Err(e)) => Err(ReadError::Transport(e.to_string())),
         }
+    }
+}
+
+/// The metric outcome of a failed read.
+fn failure(e: &ReadError) -> &'static str {
+    match e {
+        ReadError::Timeout { .. } => "timeout",
+        _ => "error",
     }
 }

@@ -7,25 +7,15 @@ default.yaml), or makes them itself.
     python3 -m unittest discover -s tests/manifests -p test_audit.py -v
 """
 
-import os
-import subprocess
-import tempfile
 import unittest
 
-import yaml
+import rendered
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _RENDERED = {}
 
 
 def setUpModule():
-    out = os.environ.get("TAGPIN_RENDERED_DIR")
-    if not out:
-        out = tempfile.mkdtemp(prefix="tagpin-rendered-")
-        subprocess.run([os.path.join(ROOT, "scripts", "check-manifests"), "render", out], check=True)
-    for name in ("audit", "default"):
-        with open(os.path.join(out, name + ".yaml")) as f:
-            _RENDERED[name] = [d for d in yaml.safe_load_all(f) if d]
+    _RENDERED.update(rendered.load(("audit", "default")))
 
 
 def one(install, kind, name):

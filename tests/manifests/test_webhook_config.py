@@ -13,10 +13,9 @@ import base64
 import os
 import re
 import subprocess
-import tempfile
 import unittest
 
-import yaml
+import rendered
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMESPACE = "tagpin-system"
@@ -34,13 +33,7 @@ _RENDERED = {}
 
 
 def setUpModule():
-    out = os.environ.get("TAGPIN_RENDERED_DIR")
-    if not out:
-        out = tempfile.mkdtemp(prefix="tagpin-rendered-")
-        subprocess.run([os.path.join(ROOT, "scripts", "check-manifests"), "render", out], check=True)
-    for name in INSTALLS:
-        with open(os.path.join(out, name + ".yaml")) as f:
-            _RENDERED[name] = [d for d in yaml.safe_load_all(f) if d]
+    _RENDERED.update(rendered.load(INSTALLS))
 
 
 def objects(install, kind):
