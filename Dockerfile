@@ -14,6 +14,10 @@
 # looked up from the machine this was written on.
 
 FROM rust:1.95.0-slim-bookworm AS build
+# make: jemalloc (the global allocator, Cargo feature `jemalloc`) is built from its C sources.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends make=4.3-4.1 \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src

@@ -16,6 +16,11 @@ use tagpin::admission::Mode;
 use tagpin::pin;
 use tagpin::resolve::{BatchRequest, Budget, ImageOutcome};
 
+// The allocator the binary ships with (src/main.rs), so the figures are the shipped ones.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reg = Registry::plain();

@@ -4,6 +4,14 @@
 //! not two. Keys are one string (`registry/repository:tag`) and the credential's shared identity;
 //! the digest is 33 bytes ([`Digest`]).
 //!
+//! The entries live in `quick_cache` (S3-FIFO eviction, bounded by `--cache-capacity`), not moka,
+//! the crate of every other cache in tagpin: this is the one cache that grows with the cluster,
+//! and moka's bookkeeping per entry (its hash-table bucket, a second copy of the key for its
+//! queues, entry info with timestamps, access-order nodes) cost about 450 bytes for an entry of
+//! about 100 (BENCHMARKS.md, "Memory per cached tag"). Expiry needs no timer: an entry carries its
+//! fetch time, is answered only within the TTLs, and is dropped when read past both. Keys are
+//! hashed with the standard library's keyed SipHash: image names come from whoever creates pods.
+//!
 //! Loads are coalesced: concurrent misses for one key share one registry request (and its error),
 //! through a small in-flight map that moka's `try_get_with` keeps per key; different keys never
 //! wait for each other.
@@ -48,8 +56,17 @@ struct Known {
     fetched: Instant,
 }
 
+type Entries = quick_cache::sync::Cache<
+    Key,
+    Known,
+    quick_cache::UnitWeighter,
+    std::collections::hash_map::RandomState,
+>;
+
 pub struct DigestCache {
-    known: Cache<Key, Known>,
+    known: Entries,
+    /// How long an entry answers at all (the longer of the two TTLs).
+    keep: Duration,
     /// Loads under way; an entry lives only while its load runs.
     inflight: Cache<Key, Digest>,
     fresh_for: Duration,
@@ -60,12 +77,31 @@ impl DigestCache {
     /// `fresh_for`: `--cache-ttl`; `stale_for`: `--stale-ttl` (`None`: never serve a stale digest).
     pub fn new(capacity: u64, fresh_for: Duration, stale_for: Option<Duration>) -> Self {
         let keep = stale_for.map_or(fresh_for, |s| s.max(fresh_for));
+        let capacity = capacity.max(1);
+        // Grown as entries come, not allocated up front for the whole capacity.
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(capacity.min(4_096) as usize)
+            .weight_capacity(capacity)
+            .build();
+        let known = match options {
+            Ok(o) => Entries::with_options(
+                o,
+                quick_cache::UnitWeighter,
+                Default::default(),
+                Default::default(),
+            ),
+            // Only a zero or overflowing capacity is refused, and `capacity` is at least 1.
+            Err(_) => Entries::with(
+                1,
+                1,
+                quick_cache::UnitWeighter,
+                Default::default(),
+                Default::default(),
+            ),
+        };
         Self {
-            known: Cache::builder()
-                .name("digests")
-                .max_capacity(capacity)
-                .time_to_live(keep.max(Duration::from_millis(1)))
-                .build(),
+            known,
+            keep,
             inflight: Cache::builder()
                 .name("digest-loads")
                 .max_capacity(capacity.clamp(1, 65_536))
@@ -76,16 +112,28 @@ impl DigestCache {
         }
     }
 
+    /// The entry for `key` if it may still answer; one past both TTLs is dropped.
+    fn entry(&self, key: &Key) -> Option<Known> {
+        let k = self.known.get(key)?;
+        if k.fetched.elapsed() < self.keep {
+            return Some(k);
+        }
+        // Only if it is still that old entry (a load may just have replaced it).
+        self.known
+            .remove_if(key, |v| v.fetched.elapsed() >= self.keep);
+        None
+    }
+
     /// The digest fetched for `key` within the fresh TTL.
     pub async fn fresh(&self, key: &Key) -> Option<Digest> {
-        let k = self.known.get(key).await?;
+        let k = self.entry(key)?;
         (k.fetched.elapsed() < self.fresh_for).then_some(k.digest)
     }
 
     /// The last digest fetched for `key`, within the stale TTL.
     pub async fn last_known(&self, key: &Key) -> Option<Digest> {
         let stale_for = self.stale_for?;
-        let k = self.known.get(key).await?;
+        let k = self.entry(key)?;
         (k.fetched.elapsed() < stale_for).then_some(k.digest)
     }
 
@@ -111,7 +159,7 @@ impl DigestCache {
                     digest: digest.clone(),
                     fetched: Instant::now(),
                 };
-                known.insert(k, entry).await;
+                known.insert(k, entry);
                 Ok(digest)
             })
             .await;
@@ -121,13 +169,13 @@ impl DigestCache {
 
     /// Forgets every digest (tests and benchmarks measure cold paths with it).
     pub fn clear(&self) {
-        self.known.invalidate_all();
+        self.known.clear();
         self.inflight.invalidate_all();
     }
 
-    /// Entries held (approximate until moka's housekeeping runs).
+    /// Entries held.
     pub fn len(&self) -> u64 {
-        self.known.entry_count()
+        self.known.len() as u64
     }
 
     pub fn is_empty(&self) -> bool {
@@ -193,6 +241,33 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(c.fresh(&key("x")).await, Some(d(2)));
+    }
+
+    #[tokio::test]
+    async fn capacity_bounds_the_entries_and_recent_ones_stay() {
+        let c = DigestCache::new(100, Duration::from_secs(60), None);
+        for i in 0..1_000u32 {
+            c.load(key(&i.to_string()), async { Ok::<_, ()>(d(1)) })
+                .await
+                .unwrap();
+            // One tag asked again and again stays (S3-FIFO keeps what is used).
+            assert_eq!(c.fresh(&key("0")).await, Some(d(1)), "after {i} others");
+        }
+        assert!(c.len() <= 100, "{} entries for a capacity of 100", c.len());
+    }
+
+    #[tokio::test]
+    async fn an_entry_past_both_ttls_is_dropped_when_read() {
+        let c = DigestCache::new(
+            10,
+            Duration::from_millis(20),
+            Some(Duration::from_millis(40)),
+        );
+        c.load(key("1"), async { Ok::<_, ()>(d(1)) }).await.unwrap();
+        assert_eq!(c.len(), 1);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert_eq!(c.last_known(&key("1")).await, None);
+        assert_eq!(c.len(), 0, "dropped, not kept until evicted");
     }
 
     #[tokio::test]
