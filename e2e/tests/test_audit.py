@@ -596,3 +596,42 @@ def test_19_two_thousand_pods(env, registry, api, auditor, capsys):
             kubectl("get", "namespace", ns, "--ignore-not-found", "-o", "name").stdout.strip() for ns in namespaces
         ):
             time.sleep(1)
+
+
+# --- 20 -------------------------------------------------------------------------------------------
+
+
+def test_20_pull_secrets_resolve_private_images_as_the_webhook_does(env, private_registry, api, auditor):
+    """A private image (the htpasswd registry) running an old build. With the pod's pull secret,
+    read with the auditor's own rights, the tag is resolved and the pod is `stale`; the same image
+    without a secret is `unknown`, naming the refusal, not a guess (and not an outage)."""
+    ns = namespace(f"audit-private-{RUN}")
+    repo = "e2e/audit-private"
+    old = private_registry.push(repo, "1")
+    new = private_registry.push(repo, "1")
+    image = f"{private_registry.addr}/{repo}:1"
+    kubectl(
+        "create", "secret", "docker-registry", "regcred", "-n", ns,
+        f"--docker-server={private_registry.addr}",
+        f"--docker-username={env['registry_user']}",
+        f"--docker-password={env['registry_password']}",
+    )
+    with_secret = pod("with-secret", [("main", image)])
+    with_secret["spec"]["imagePullSecrets"] = [{"name": "regcred"}]
+    try:
+        for obj in (with_secret, pod("without", [("main", image)])):
+            stored = api.create(ns, obj)
+            api.patch_status(ns, obj["metadata"]["name"], kubelet_status(stored, {"main": f"{private_registry.addr}/{repo}@{old}"}))
+        r = audit(env, "-n", ns, "-o", "json")
+        assert r.returncode == 1, r
+        out = report(r)
+        got = {(f["kind"], f["pod"]) for f in out["findings"]}
+        assert got == {("unpinned", "with-secret"), ("stale", "with-secret"), ("unpinned", "without"), ("unknown", "without")}, out
+        (stale,) = rows(out["findings"], kind="stale")
+        assert (stale["running"], stale["resolved"]) == (old, new), stale
+        (unknown,) = rows(out["findings"], kind="unknown")
+        assert unknown["check"] == "stale" and "401" in unknown["detail"], unknown
+        assert out["registries_unreachable"] == [], "a refusal is an answer about the image, not an outage"
+        assert env["registry_password"] not in r.stdout + r.stderr
+    finally:
+        kubectl("delete", "namespace", ns, "--wait=false")
