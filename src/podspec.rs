@@ -202,6 +202,19 @@ pub fn is_controller_owned(object: &Value) -> bool {
         })
 }
 
+/// The tag a pinned image was resolved from, given the image up to its `@` (`before`) and the
+/// record's entry for its site: `repo:tag@sha256:…` records it inline; otherwise the record's
+/// entry, when it names the same repository as written. `None`: nothing says which tag it was.
+pub fn recorded_tag(before: &str, recorded: Option<&str>) -> Option<crate::reference::ImageRef> {
+    use crate::reference::ImageRef;
+    match ImageRef::parse(before) {
+        Ok(r) if r.written_repository() != before => Some(r),
+        _ => recorded
+            .and_then(|orig| ImageRef::parse(orig).ok())
+            .filter(|r| r.written_repository() == before),
+    }
+}
+
 /// The `tagpin.io/pinned` record key of container `name` in `list` (`containers`,
 /// `initContainers` or `ephemeralContainers`): `web`, `init/migrate`, `ephemeral/debug`.
 pub fn container_key(list: &str, name: &str) -> String {
@@ -476,6 +489,35 @@ pub fn service_account_name(pod_spec: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recorded_tag_inline_or_from_the_record_of_the_same_repository() {
+        let tag = |before: &str, rec: Option<&str>| {
+            recorded_tag(before, rec).map(|r| r.original().to_string())
+        };
+        assert_eq!(tag("app:2", None).as_deref(), Some("app:2"), "inline");
+        assert_eq!(
+            tag("app:2", Some("app:9")).as_deref(),
+            Some("app:2"),
+            "inline wins"
+        );
+        assert_eq!(
+            tag("app", Some("app:2")).as_deref(),
+            Some("app:2"),
+            "recorded"
+        );
+        assert_eq!(
+            tag("app", Some("app")).as_deref(),
+            Some("app"),
+            "recorded, implicit latest"
+        );
+        assert_eq!(tag("app", Some("other:2")), None, "another repository");
+        assert_eq!(tag("app", None), None);
+        assert_eq!(
+            tag("reg:5000/app", Some("reg:5000/app:1")).as_deref(),
+            Some("reg:5000/app:1")
+        );
+    }
     use serde_json::json;
 
     fn pod() -> Value {

@@ -269,15 +269,7 @@ fn spec_of(c: &ContainerFacts, skip_prefixes: &[String]) -> Spec {
                     c.image
                 ));
             };
-            // `repo:tag@sha256:…` records its tag inline; otherwise the pod's record may.
-            let recorded = match ImageRef::parse(before) {
-                Ok(r) if r.written_repository() != before => Some(r),
-                _ => c
-                    .recorded
-                    .as_deref()
-                    .and_then(|orig| ImageRef::parse(orig).ok())
-                    .filter(|r| r.written_repository() == before),
-            };
+            let recorded = podspec::recorded_tag(before, c.recorded.as_deref());
             Spec::Pinned { digest, recorded }
         }
     }

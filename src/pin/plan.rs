@@ -297,13 +297,7 @@ fn check_digest(site: &ImageSite, record: Option<&Record>) -> Ask {
     let Some((before, digest)) = site.image.split_once('@') else {
         return Ask::Nothing;
     };
-    let recorded = match ImageRef::parse(before) {
-        Ok(r) if r.written_repository() != before => Some(r),
-        _ => record
-            .and_then(|rec| rec.recorded(&site.key))
-            .and_then(|orig| ImageRef::parse(orig).ok())
-            .filter(|r| r.written_repository() == before),
-    };
+    let recorded = podspec::recorded_tag(before, record.and_then(|rec| rec.recorded(&site.key)));
     match recorded {
         Some(recorded) => Ask::Check {
             recorded,
