@@ -1,4 +1,4 @@
-//! Hostile input on the lookup side (issue "Hostile input, hostile networks", rows 4-9): what a
+//! Hostile input on the lookup side (issue "Hostile input, hostile networks", rows 3-9): what a
 //! pod author can make tagpin connect to, and how much a review can make it hold. Every server is
 //! on loopback; the link-local and metadata rules are proven by unit tests of the address check
 //! (`src/resolve/netpolicy.rs`), never with a packet.
@@ -261,5 +261,79 @@ async fn a_405_on_head_falls_back_to_get_and_is_not_an_outage() {
     assert_eq!(
         pinned["spec"]["containers"][0]["image"],
         format!("{}/app@{}", srv.address(), sha256(&body))
+    );
+}
+
+/// Row 3: a manifest over 4 MiB is cut off while it streams, never hashed or held whole. A
+/// stand-in registry (wiremock): docker-registry itself refuses to store a manifest that large.
+#[tokio::test]
+async fn row3_a_manifest_over_4_mib_is_refused_while_it_streams() {
+    let srv = MockServer::start().await;
+    // No Docker-Content-Digest on HEAD: tagpin must GET and hash the body.
+    Mock::given(method("HEAD"))
+        .respond_with(ResponseTemplate::new(200))
+        .mount(&srv)
+        .await;
+    let body = vec![b' '; (4 << 20) + 1];
+    Mock::given(method("GET"))
+        .respond_with(ResponseTemplate::new(200).set_body_raw(body, "application/json"))
+        .mount(&srv)
+        .await;
+    let mut cfg = ResolverConfig::default();
+    cfg.registry.insecure.push(srv.address().to_string());
+    let router = router(admitter(cfg, admission_config()));
+    let image = format!("{}/big:1", srv.address());
+    let resp = review(&router, "/mutate", &pod_review("big", &[&image])).await;
+    assert_eq!(resp["allowed"], true);
+    assert!(resp.get("patch").is_none(), "nothing pinned: {resp}");
+    let w = warnings(&resp);
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("response larger than 4194304 bytes"), "{w:?}");
+}
+
+/// Row 6: a TLS failure is named by its cause, never by what the other end presented (here a
+/// certificate for an internal name, signed by a trusted CA, served on an address it does not
+/// name: rustls's own message would list the certificate's names).
+#[tokio::test]
+async fn row6_a_tls_error_never_quotes_the_certificates_names() {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
+    tagpin::install_crypto_provider();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["internal-db.corp.example".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    let server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![leaf.der().clone()],
+            rustls_pki_types::PrivatePkcs8KeyDer::from(key.serialize_der()).into(),
+        )
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = acceptor.accept(stream).await;
+            });
+        }
+    });
+    let mut cfg = ResolverConfig::default();
+    cfg.registry.extra_ca_pem = Some(ca.pem().into_bytes());
+    serve_policy(&mut cfg, &["127.0.0.0/8"], &[]);
+    let router = router(admitter(cfg, admission_config()));
+    let image = format!("{addr}/x:y");
+    let resp = review(&router, "/mutate", &pod_review("tls", &[&image])).await;
+    let w = warnings(&resp).join("\n");
+    assert!(w.contains("TLS certificate not valid for this host"), "{w}");
+    assert!(
+        !w.contains("internal-db") && !w.contains("corp.example"),
+        "{w}"
     );
 }

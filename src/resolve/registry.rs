@@ -497,19 +497,24 @@ fn classify(registry: &str, e: &reqwest::Error, timeout: Duration) -> RegistryEr
     let mut io_kind = None;
     let mut no_fds = false;
     let mut dns = false;
-    // io::Error::source() skips the error it wraps, so look inside io errors explicitly.
+    // io::Error::source() skips the error it wraps, so look inside io errors explicitly, however
+    // deeply they nest (hyper-util wraps tokio-rustls's io::Error, which wraps rustls's error).
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
     while let Some(err) = cur {
-        let inner = err
-            .downcast_ref::<std::io::Error>()
-            .and_then(|io| {
-                io_kind.get_or_insert(io.kind());
-                // EMFILE, ENFILE: out of file descriptors, here.
-                no_fds |= matches!(io.raw_os_error(), Some(23 | 24));
-                io.get_ref()
-            })
-            .map(|i| i as &(dyn std::error::Error + 'static));
-        for x in [Some(err), inner].into_iter().flatten() {
+        let mut inside = vec![err];
+        while let Some(io) = inside
+            .last()
+            .and_then(|x| x.downcast_ref::<std::io::Error>())
+        {
+            io_kind.get_or_insert(io.kind());
+            // EMFILE, ENFILE: out of file descriptors, here.
+            no_fds |= matches!(io.raw_os_error(), Some(23 | 24));
+            match io.get_ref() {
+                Some(i) if inside.len() < 8 => inside.push(i),
+                _ => break,
+            }
+        }
+        for x in inside {
             if let Some(n) = x.downcast_ref::<NotAllowed>() {
                 refused_address = Some(n.kind);
             }
