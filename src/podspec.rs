@@ -152,16 +152,7 @@ fn search(v: &Value, path: &mut Vec<String>, found: &mut Vec<PodSpecAt>) {
         });
         return;
     }
-    let children: Vec<(String, &Value)> = match v {
-        Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
-        Value::Array(a) => a
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i.to_string(), v))
-            .collect(),
-        _ => return,
-    };
-    for (k, child) in children {
+    for (k, child) in children(v) {
         path.push(k);
         search(child, path, found);
         path.pop();
@@ -212,6 +203,19 @@ pub fn recorded_tag(before: &str, recorded: Option<&str>) -> Option<crate::refer
         _ => recorded
             .and_then(|orig| ImageRef::parse(orig).ok())
             .filter(|r| r.written_repository() == before),
+    }
+}
+
+/// A map's entries or a list's items, each with its JSON-pointer token; none for a scalar.
+pub fn children(v: &Value) -> Vec<(String, &Value)> {
+    match v {
+        Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
+        Value::Array(a) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| (i.to_string(), v))
+            .collect(),
+        _ => Vec::new(),
     }
 }
 

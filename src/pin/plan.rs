@@ -192,16 +192,7 @@ fn image_fields(obj: &Value, judged: &[&[String]]) -> Vec<(String, String)> {
         if path.len() > podspec::MAX_SEARCH_DEPTH || judged.iter().any(|j| path.starts_with(j)) {
             return;
         }
-        let children: Vec<(String, &Value)> = match v {
-            Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
-            Value::Array(a) => a
-                .iter()
-                .enumerate()
-                .map(|(i, v)| (i.to_string(), v))
-                .collect(),
-            _ => return,
-        };
-        for (k, child) in children {
+        for (k, child) in podspec::children(v) {
             if path.is_empty() && k == "metadata" {
                 continue;
             }

@@ -25,6 +25,8 @@ import unittest
 
 import yaml
 
+import rendered
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CHART = os.path.join(ROOT, "charts", "tagpin")
 NAMESPACE = "tagpin-system"
@@ -55,14 +57,7 @@ def helm_binary():
 
 
 def setUpModule():
-    out = os.environ.get("TAGPIN_RENDERED_DIR")
-    if not out:
-        out = tempfile.mkdtemp(prefix="tagpin-rendered-")
-        subprocess.run([os.path.join(ROOT, "scripts", "check-manifests"), "render", out], check=True)
-    for name in os.listdir(out):
-        if name.endswith(".yaml"):
-            with open(os.path.join(out, name)) as f:
-                _RENDERED[name[:-5]] = [d for d in yaml.safe_load_all(f) if d]
+    _RENDERED.update(rendered.load())
 
 
 def template(*args, release="tagpin", namespace=NAMESPACE):
@@ -278,14 +273,14 @@ class Rendering(unittest.TestCase):
                   "--resolve-timeout=5s", "--shutdown-grace=20s"):
             self.assertIn(a, args)
         self.assertFalse([a for a in args if "no-kube" in a], "false leaves a switch out")
-        binary = tagpin_binary()
+        binary = rendered.tagpin_binary()
         if binary:  # every rendered flag is one `tagpin serve` takes (clap checks all before --help)
             env = {k: v for k, v in os.environ.items() if not k.startswith("TAGPIN_")}
             run = subprocess.run([binary, *args, "--help"], env=env, capture_output=True, text=True, timeout=30)
             self.assertEqual(run.returncode, 0, run.stderr)
 
     def test_schema_lists_exactly_the_flags_of_tagpin_serve(self):
-        binary = tagpin_binary()
+        binary = rendered.tagpin_binary()
         if not binary:
             self.skipTest("no tagpin binary (set TAGPIN_BIN, or run after cargo build/test)")
         import json
@@ -418,17 +413,6 @@ class Notes(unittest.TestCase):
         self.assertNotIn("tagpin.io/mode=enforce", text)
         self.assertIn("serving certificate: cert-manager", text)
 
-
-def tagpin_binary():
-    """$TAGPIN_BIN, or the binary `cargo test` / `cargo build` left in the target directory."""
-    if os.environ.get("TAGPIN_BIN"):
-        return os.environ["TAGPIN_BIN"]
-    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-    for profile in ("debug", "release"):
-        path = os.path.join(target, profile, "tagpin")
-        if os.access(path, os.X_OK):
-            return path
-    return None
 
 
 if __name__ == "__main__":

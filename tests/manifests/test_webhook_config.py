@@ -17,7 +17,6 @@ import unittest
 
 import rendered
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 NAMESPACE = "tagpin-system"
 # Each overlay that installs tagpin, and each chart render, by the file scripts/check-manifests
 # renders it to.
@@ -289,23 +288,12 @@ class Deployment(unittest.TestCase):
                 self.assertEqual(files, {"tls.crt", "tls.key"})
 
 
-def tagpin_binary():
-    """$TAGPIN_BIN, or the binary `cargo test` / `cargo build` left in the target directory."""
-    if os.environ.get("TAGPIN_BIN"):
-        return os.environ["TAGPIN_BIN"]
-    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-    for profile in ("debug", "release"):
-        path = os.path.join(target, profile, "tagpin")
-        if os.access(path, os.X_OK):
-            return path
-    return None
-
 
 class ServerFlags(unittest.TestCase):
     def test_the_binary_accepts_the_deployment_args(self):
         """Every flag and value in the Deployment is one `tagpin serve` takes: clap checks each
         argument in order, and a trailing --help then exits 0 without serving."""
-        binary = tagpin_binary()
+        binary = rendered.tagpin_binary()
         if not binary:
             self.skipTest("no tagpin binary (set TAGPIN_BIN, or run after cargo build/test)")
         env = {k: v for k, v in os.environ.items() if not k.startswith("TAGPIN_")}
