@@ -1,5 +1,6 @@
 """Helpers for the end-to-end cases (e2e/tests/test_*.py), which scripts/e2e runs against the
-cluster it started. Everything here talks to 127.0.0.1 only: the API server through kubectl (and,
+cluster it started. Everything here talks to this machine only (127.0.0.1, or with --node the
+node's bridge address, e2e/node.sh): the API server through kubectl (and,
 for bulk work kubectl is too slow for, directly: Api), the registries over their HTTP API, tagpin
 through its PID and metrics port; the API server's audit log is read from its file.
 
@@ -10,13 +11,21 @@ Also a command line for scripts/e2e:
 writes the e2e overlay: OUT_DIR/kustomization.yaml over KUSTOMIZE_DIR that replaces each
 webhook's clientConfig.service with url URL_BASE + the service's own path, and sets caBundle to
 CA_FILE. Nothing else changes (test_01 checks that).
+
+    python harness.py push-busybox REGISTRY REPO:TAG COMMAND
+    python harness.py push-layout REGISTRY REPO:TAG OCI_LAYOUT_DIR
+
+push to the plain-HTTP registry at REGISTRY a busybox image running COMMAND (busybox_image), or
+the image of an OCI layout (scripts/image writes one), and print its digest.
 """
 
 from __future__ import annotations
 
 import base64
 import concurrent.futures
+import gzip
 import hashlib
+import io
 import http.client
 import json
 import os
@@ -25,6 +34,7 @@ import signal
 import ssl
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 import urllib.error
@@ -240,10 +250,12 @@ class Api:
         p = f"{base}/namespaces/{namespace}/{resource}" if namespace else f"{base}/{resource}"
         return f"{p}/{name}" if name else p
 
-    def create(self, namespace: str | None, obj: dict) -> dict:
+    def create(self, namespace: str | None, obj: dict, dry_run: bool = False) -> dict:
         """POST OBJ (any kind; apiVersion and kind from the object) into NAMESPACE; the stored
-        object."""
-        return self.request("POST", self.path(obj["apiVersion"], obj["kind"], namespace), obj)
+        object. dry_run: a server-side dry run (admission runs, nothing is stored), the object as
+        it would be stored."""
+        path = self.path(obj["apiVersion"], obj["kind"], namespace) + ("?dryRun=All" if dry_run else "")
+        return self.request("POST", path, obj)
 
     def get(self, api_version: str, kind: str, namespace: str | None, name: str) -> dict:
         return self.request("GET", self.path(api_version, kind, namespace, name))
@@ -387,6 +399,46 @@ def audit_events(log_path: str | Path, user: str = "e2e-auditor", since: int = 0
 # --- registries --------------------------------------------------------------------------------
 
 
+# --- images that run ------------------------------------------------------------------------------
+
+BUSYBOX = "/bin/busybox"  # Debian's busybox-static: one static binary, runs on an empty root
+BUSYBOX_APPLETS = ("sh", "sleep", "echo", "cat", "ls", "date", "hostname", "wget", "true")
+
+
+def busybox_image(command: str, label: str = "") -> tuple[bytes, list[bytes]]:
+    """(config, [gzip layer]) of a one-layer image of Debian's static busybox whose entrypoint runs
+    COMMAND with sh. LABEL goes into the config, so two builds of the same command differ."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for d, mode in (("bin", 0o755), ("tmp", 0o1777), ("etc", 0o755)):
+            info = tarfile.TarInfo(d)
+            info.type, info.mode = tarfile.DIRTYPE, mode
+            tar.addfile(info)
+        data = Path(BUSYBOX).read_bytes()
+        info = tarfile.TarInfo("bin/busybox")
+        info.size, info.mode = len(data), 0o755
+        tar.addfile(info, io.BytesIO(data))
+        for applet in BUSYBOX_APPLETS:
+            info = tarfile.TarInfo(f"bin/{applet}")
+            info.type, info.linkname = tarfile.SYMTYPE, "busybox"
+            tar.addfile(info)
+    layer = raw.getvalue()
+    config = json.dumps(
+        {
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {
+                "Entrypoint": ["/bin/busybox", "sh", "-c", command],
+                "Env": ["PATH=/bin"],
+                "Labels": {"e2e.tagpin.io/build": label},
+            },
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(layer).hexdigest()]},
+        },
+        sort_keys=True,
+    ).encode()
+    return config, [gzip.compress(layer, mtime=0)]
+
+
 class Registry:
     """A docker-registry started by scripts/e2e: push images over its API, read its access log."""
 
@@ -424,6 +476,55 @@ class Registry:
         )
         return digest
 
+    def push_image(self, repo: str, tag: str, config: bytes, layers: list[bytes]) -> str:
+        """Pushes an OCI image (CONFIG, gzip LAYERS) as REPO:TAG; returns the manifest's digest."""
+        manifest = json.dumps(
+            {
+                "schemaVersion": 2,
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "config": {
+                    "mediaType": "application/vnd.oci.image.config.v1+json",
+                    "digest": self._blob(repo, config),
+                    "size": len(config),
+                },
+                "layers": [
+                    {
+                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "digest": self._blob(repo, layer),
+                        "size": len(layer),
+                    }
+                    for layer in layers
+                ],
+            },
+            sort_keys=True,
+        ).encode()
+        return self._put_manifest(repo, tag, manifest)
+
+    def push_layout(self, repo: str, tag: str, layout: str | Path) -> str:
+        """Pushes the one image of an OCI image layout, byte for byte (its digest is kept)."""
+        layout = Path(layout)
+        index = json.loads((layout / "index.json").read_text())
+        (entry,) = index["manifests"]
+
+        def blob(digest: str) -> bytes:
+            return (layout / "blobs" / "sha256" / digest.split(":", 1)[1]).read_bytes()
+
+        manifest = blob(entry["digest"])
+        parsed = json.loads(manifest)
+        for d in [parsed["config"]] + parsed["layers"]:
+            if self._blob(repo, blob(d["digest"])) != d["digest"]:
+                raise AssertionError(f"{layout}: blob {d['digest']} does not hash to its name")
+        return self._put_manifest(repo, tag, manifest)
+
+    def _put_manifest(self, repo: str, tag: str, manifest: bytes) -> str:
+        self._request(
+            "PUT",
+            f"/v2/{repo}/manifests/{tag}",
+            manifest,
+            {"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
+        )
+        return "sha256:" + hashlib.sha256(manifest).hexdigest()
+
     def push(self, repo: str, tag: str) -> str:
         """Pushes a new single-layer OCI image (unique content) as REPO:TAG; returns its digest,
         the sha256 of the manifest bytes sent."""
@@ -449,13 +550,7 @@ class Registry:
                 ],
             }
         ).encode()
-        self._request(
-            "PUT",
-            f"/v2/{repo}/manifests/{tag}",
-            manifest,
-            {"Content-Type": "application/vnd.oci.image.manifest.v1+json"},
-        )
-        return "sha256:" + hashlib.sha256(manifest).hexdigest()
+        return self._put_manifest(repo, tag, manifest)
 
     def manifest_requests(self, repo: str, reference: str | None = None) -> int:
         """Manifest HEADs and GETs for REPO (only of REFERENCE, a tag or digest, if given) in the
@@ -535,6 +630,14 @@ class Tagpin:
 def main(argv: list[str]) -> int:
     if len(argv) == 5 and argv[0] == "overlay":
         write_overlay(*argv[1:])
+        return 0
+    if len(argv) == 4 and argv[0] in ("push-busybox", "push-layout"):
+        registry = Registry(argv[1], Path("/nonexistent"), "registry")
+        repo, _, tag = argv[2].rpartition(":")
+        if argv[0] == "push-busybox":
+            print(registry.push_image(repo, tag, *busybox_image(argv[3], label=argv[2])))
+        else:
+            print(registry.push_layout(repo, tag, argv[3]))
         return 0
     print(__doc__, file=sys.stderr)
     return 2
