@@ -35,10 +35,13 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+from tagpin_binary import tagpin_binary  # noqa: E402
 DOCS = ("README.md", os.path.join("manifests", "README.md"), os.path.join("charts", "tagpin", "README.md"))
 SHELL = {"sh", "bash", "console", "shell"}
 MARKER = re.compile(r"^<!--\s*doctest(?::\s*(?P<skip>skip)\b\s*(?P<reason>.*?))?\s*-->\s*$")
@@ -122,17 +125,6 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def tagpin_binary():
-    if os.environ.get("TAGPIN_BIN"):
-        return os.environ["TAGPIN_BIN"]
-    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-    for profile in ("debug", "release"):
-        path = os.path.join(target, profile, "tagpin")
-        if os.access(path, os.X_OK):
-            return path
-    return None
 
 
 class Session:
