@@ -337,7 +337,7 @@ def test_06_workloads_are_pinned_and_their_owned_objects_left_alone(registry, ap
 
 
 def test_07_moved_tag_reapply_rolls_to_the_new_digest_and_rollout_undo_returns(registry):
-    """README, "Pod pinning, workload pinning": a re-apply of the unchanged manifest after the tag
+    """docs/pinning.md, "Pod pinning, workload pinning": a re-apply of the unchanged manifest after the tag
     moved rolls out; `rollout undo` returns to the old digest; `rollout restart` keeps it. Both kinds of apply send the tag
     again: server-side apply sends the whole manifest, and client-side apply's three-way merge
     compares the manifest with the live object, whose image is the digest."""
@@ -384,7 +384,7 @@ def test_07_moved_tag_reapply_rolls_to_the_new_digest_and_rollout_undo_returns(r
         kubectl("rollout", "undo", f"deployment/{name}", "-n", ns)
         assert stored(name) == (pinned(image, old), 3), "rollout undo returns to the old digest"
 
-    # README: "`kubectl rollout restart` sends the pinned digests back" (the tag has moved).
+    # docs/pinning.md: "`kubectl rollout restart` sends the pinned digests back" (the tag has moved).
     kubectl("rollout", "restart", "deployment/ssa", "-n", ns)
     assert stored("ssa") == (pinned(image, old), 4), "rollout restart keeps the pinned digest"
 

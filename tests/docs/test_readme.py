@@ -1,5 +1,7 @@
-"""Doc tests: the shell commands in README.md and manifests/README.md are run, and their output is
-compared with what the README shows, so the documentation cannot rot.
+"""Doc tests: the shell commands in the documentation (README.md, CONTRIBUTING.md, docs/*.md,
+manifests/README.md, charts/tagpin/README.md: DOCS) are run, and their output is compared with what
+the file shows, so the documentation cannot rot. Every relative link in those files (and in
+BENCHMARKS.md) must point at a file that exists and, with `#anchor`, at one of its headings.
 
 Markup. Every ```sh / ```console / ```bash / ```shell block is preceded by a marker comment (an HTML
 comment, invisible when the Markdown is rendered):
@@ -14,7 +16,8 @@ A shell block without a marker fails the test: every new command says whether it
 Comparison: line by line, trailing spaces ignored. `…` in a line matches any text; a line that is
 only `…` matches any number of lines (none included). Every command must exit 0.
 
-Environment. The blocks of one file run in order in one bash session (state carries over: a server
+Environment. Each file is a session of its own: a block that needs what an earlier block started
+must be in the same file. The blocks of one file run in order in one bash session (state carries over: a server
 started in one block serves the next), in a scratch directory holding copies of examples/,
 manifests/ and charts/ and a link to scripts/, so nothing in the tree is written. The session's
 process group is killed at the end. Ports vary: the README's 5000 (registry), 8443 and 9090
@@ -35,11 +38,19 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-DOCS = ("README.md", os.path.join("manifests", "README.md"), os.path.join("charts", "tagpin", "README.md"))
+sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+from tagpin_binary import tagpin_binary  # noqa: E402
+DOCS = (
+    ("README.md", "CONTRIBUTING.md")
+    + tuple(sorted(os.path.join("docs", f) for f in os.listdir(os.path.join(ROOT, "docs")) if f.endswith(".md")))
+    + (os.path.join("manifests", "README.md"), os.path.join("charts", "tagpin", "README.md"))
+)
+LINKED = DOCS + ("BENCHMARKS.md",)  # files whose relative links are checked
 SHELL = {"sh", "bash", "console", "shell"}
 MARKER = re.compile(r"^<!--\s*doctest(?::\s*(?P<skip>skip)\b\s*(?P<reason>.*?))?\s*-->\s*$")
 README_PORTS = {"registry": 5000, "https": 8443, "metrics": 9090}
@@ -124,15 +135,68 @@ def free_port():
         return s.getsockname()[1]
 
 
-def tagpin_binary():
-    if os.environ.get("TAGPIN_BIN"):
-        return os.environ["TAGPIN_BIN"]
-    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-    for profile in ("debug", "release"):
-        path = os.path.join(target, profile, "tagpin")
-        if os.access(path, os.X_OK):
-            return path
-    return None
+def outside_fences(text):
+    """(line number, line) of the lines that are not inside a fenced code block."""
+    fence = None
+    for n, line in enumerate(text.splitlines(), 1):
+        m = re.match(r"^\s*(```|~~~)", line)
+        if m:
+            if fence is None:
+                fence = m.group(1)
+            elif m.group(1) == fence:
+                fence = None
+            continue
+        if fence is None:
+            yield n, line
+
+
+def anchors(path):
+    """The anchors GitHub gives the headings of a Markdown file (lower case, punctuation dropped,
+    spaces to `-`, a repeated one suffixed -1, -2, ...)."""
+    with open(path) as f:
+        text = f.read()
+    seen, out = {}, set()
+    for _, line in outside_fences(text):
+        m = re.match(r"^#{1,6}\s+(.*?)\s*#*\s*$", line)
+        if not m:
+            continue
+        title = re.sub(r"\[([^\]]*)\]\([^)]*\)", r"\1", m.group(1))  # a link's text only
+        slug = re.sub(r"[^\w\- ]", "", title.lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+LINK = re.compile(r"\[(?:[^\]\[]|\[[^\]]*\])*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+
+
+def broken_links(root, doc):
+    """["doc:line: target (why)"] for every relative link of DOC (a path under ROOT) that points at
+    no file, or at no heading of it. Links inside code (fenced blocks, `spans`) are not links."""
+    path = os.path.join(root, doc)
+    with open(path) as f:
+        text = f.read()
+    kept = dict(outside_fences(text))
+    prose = "\n".join(kept.get(n, "") for n in range(1, text.count("\n") + 2))
+    # Code spans (which may run over a line break) are not links; their line breaks stay.
+    prose = re.sub(r"(?<!`)(`+)(?!`)(.+?)(?<!`)\1(?!`)", lambda m: "\n" * m.group(0).count("\n"), prose, flags=re.S)
+    found = [(m.start(), m.group(1)) for m in LINK.finditer(prose)]
+    found += [(m.start(), m.group(1)) for m in re.finditer(r"^[ \t]*\[[^\]]+\]:[ \t]*(\S+)", prose, re.M)]
+    out = []
+    for pos, target in sorted(found):
+        n = prose.count("\n", 0, pos) + 1
+        if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):  # https:, mailto:, ...
+            continue
+        file, _, anchor = target.partition("#")
+        dest = os.path.normpath(os.path.join(os.path.dirname(path), file)) if file else path
+        if not os.path.exists(dest):
+            out.append(f"{doc}:{n}: {target} (no such file)")
+        elif anchor and (os.path.isdir(dest) or not dest.endswith(".md")):
+            out.append(f"{doc}:{n}: {target} (an anchor into a file that is not Markdown)")
+        elif anchor and anchor not in anchors(dest):
+            out.append(f"{doc}:{n}: {target} (no heading with that anchor in {os.path.relpath(dest, root)})")
+    return out
 
 
 class Session:
@@ -258,6 +322,34 @@ class Markup(unittest.TestCase):
         self.assertTrue(matches(["x@sha256:…"], ["x@sha256:" + "0" * 64]))
 
 
+class Links(unittest.TestCase):
+    def test_relative_links_resolve(self):
+        broken = [b for doc in LINKED for b in broken_links(ROOT, doc)]
+        self.assertEqual(broken, [], "relative links to nothing:\n" + "\n".join(broken))
+
+    def test_the_link_checker(self):
+        d = tempfile.mkdtemp(prefix="tagpin-links-")
+        try:
+            os.mkdir(os.path.join(d, "docs"))
+            with open(os.path.join(d, "docs", "a.md"), "w") as f:
+                f.write("# A\n\n## `tagpin pin`: for CI, and GitOps?\n\n## Flags\n\n## Flags\n")
+            with open(os.path.join(d, "README.md"), "w") as f:
+                f.write("# R\n\n"
+                        "[ok](docs/a.md) [ok](docs/a.md#tagpin-pin-for-ci-and-gitops) [ok](docs/a.md#flags-1)\n"
+                        "[ok](#r) [ok](https://example.com/x) `[code](nowhere.md)`\n"
+                        "```\n[in a block](nowhere.md)\n```\n"
+                        "[bad](docs/b.md)\n"
+                        "[bad anchor](docs/a.md#flag)\n"
+                        "[bad here](#nothing)\n")
+            self.assertEqual(broken_links(d, "README.md"), [
+                "README.md:8: docs/b.md (no such file)",
+                "README.md:9: docs/a.md#flag (no heading with that anchor in docs/a.md)",
+                "README.md:10: #nothing (no heading with that anchor in README.md)",
+            ])
+        finally:
+            shutil.rmtree(d, ignore_errors=True)
+
+
 class Commands(unittest.TestCase):
     def check(self, doc):
         cmds = commands(doc)
@@ -278,11 +370,19 @@ class Commands(unittest.TestCase):
         finally:
             session.close()
 
-    def test_readme(self):
-        self.check("README.md")
 
-    def test_manifests_readme(self):
-        self.check(os.path.join("manifests", "README.md"))
+
+def runs_commands(doc):
+    return any(lang in SHELL and marker and not marker.group("skip") for _, lang, marker, _ in blocks(doc))
+
+
+# One test per file that has checked commands: test_readme, test_manifests_readme,
+# test_docs_walkthrough, ...
+for _doc in DOCS:
+    if runs_commands(_doc):
+        _name = "test_" + re.sub(r"\W+", "_", os.path.splitext(_doc)[0].replace(os.sep, "_")).lower()
+        _name = {"test_readme": "test_readme", "test_manifests_readme": "test_manifests_readme"}.get(_name, _name)
+        setattr(Commands, _name, lambda self, doc=_doc: self.check(doc))
 
 
 if __name__ == "__main__":

@@ -4,11 +4,14 @@ tagpin binary whose flags they check."""
 
 import os
 import subprocess
+import sys
 import tempfile
 
 import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "tests", "python"))
+from tagpin_binary import tagpin_binary  # noqa: E402,F401  (the manifest tests call rendered.tagpin_binary)
 
 
 def load(names=None):
@@ -25,15 +28,3 @@ def load(names=None):
         with open(os.path.join(out, name + ".yaml")) as f:
             rendered[name] = [d for d in yaml.safe_load_all(f) if d]
     return rendered
-
-
-def tagpin_binary():
-    """$TAGPIN_BIN, or the binary `cargo test` / `cargo build` left in the target directory."""
-    if os.environ.get("TAGPIN_BIN"):
-        return os.environ["TAGPIN_BIN"]
-    target = os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target")
-    for profile in ("debug", "release"):
-        path = os.path.join(target, profile, "tagpin")
-        if os.access(path, os.X_OK):
-            return path
-    return None
