@@ -476,8 +476,12 @@ class Registry:
         )
         return digest
 
-    def push_image(self, repo: str, tag: str, config: bytes, layers: list[bytes]) -> str:
-        """Pushes an OCI image (CONFIG, gzip LAYERS) as REPO:TAG; returns the manifest's digest."""
+    def push_image(
+        self, repo: str, tag: str, config: bytes, layers: list[bytes],
+        layer_type: str = "application/vnd.oci.image.layer.v1.tar+gzip",
+    ) -> str:
+        """Pushes an OCI image (CONFIG, LAYERS of LAYER_TYPE) as REPO:TAG; returns the digest of
+        the manifest bytes sent."""
         manifest = json.dumps(
             {
                 "schemaVersion": 2,
@@ -489,7 +493,7 @@ class Registry:
                 },
                 "layers": [
                     {
-                        "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+                        "mediaType": layer_type,
                         "digest": self._blob(repo, layer),
                         "size": len(layer),
                     }
@@ -526,31 +530,12 @@ class Registry:
         return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
     def push(self, repo: str, tag: str) -> str:
-        """Pushes a new single-layer OCI image (unique content) as REPO:TAG; returns its digest,
-        the sha256 of the manifest bytes sent."""
-        layer = os.urandom(64)
+        """Pushes a new single-layer OCI image (unique content, never run) as REPO:TAG; returns its
+        digest, the sha256 of the manifest bytes sent."""
         config = json.dumps(
             {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": []}}
         ).encode()
-        manifest = json.dumps(
-            {
-                "schemaVersion": 2,
-                "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                "config": {
-                    "mediaType": "application/vnd.oci.image.config.v1+json",
-                    "digest": self._blob(repo, config),
-                    "size": len(config),
-                },
-                "layers": [
-                    {
-                        "mediaType": "application/vnd.oci.image.layer.v1.tar",
-                        "digest": self._blob(repo, layer),
-                        "size": len(layer),
-                    }
-                ],
-            }
-        ).encode()
-        return self._put_manifest(repo, tag, manifest)
+        return self.push_image(repo, tag, config, [os.urandom(64)], "application/vnd.oci.image.layer.v1.tar")
 
     def manifest_requests(self, repo: str, reference: str | None = None) -> int:
         """Manifest HEADs and GETs for REPO (only of REFERENCE, a tag or digest, if given) in the
