@@ -274,6 +274,9 @@ node_down() {
   awk -v d="$STATE/" 'index($2, d) == 1 {print $2}' /proc/mounts | sort -r | while read -r m; do
     umount -l "$m" 2>/dev/null || true
   done
+  # What follows is shared with the machine: only a run that made the bridge (so passed the
+  # preflight: no other node suite was running) removes anything there.
+  [ -e "$STATE/bridge.made" ] || return 0
   # 4. Network namespaces made while the node ran (the CRI names them cni-UUID).
   if [ -e "$STATE/netns.before" ]; then
     local ns
@@ -288,7 +291,7 @@ node_down() {
     find "$c" -depth -type d -exec rmdir {} + 2>/dev/null || true
   done
   # 6. kube-proxy's rules, the fence, the route, the bridge, IP forwarding as it was.
-  if [ -x "$KUBE_BIN/kube-proxy" ] && [ -e "$STATE/bridge.made" ]; then
+  if [ -x "$KUBE_BIN/kube-proxy" ]; then
     "$KUBE_BIN/kube-proxy" --cleanup --proxy-mode iptables >/dev/null 2>&1 || true
   fi
   # What kube-proxy's cleanup leaves (the kubelet's KUBE-FIREWALL and canary chains): the jumps,
@@ -314,10 +317,8 @@ node_down() {
   [ ! -e "$STATE/var-log-containers.made" ] || rmdir /var/log/containers 2>/dev/null || true
   [ ! -e "$STATE/var-run-netns.made" ] || rmdir /var/run/netns 2>/dev/null || true
   while iptables -D "${NODE_FORWARD_RULE[@]}" 2>/dev/null; do :; done
-  if [ -e "$STATE/bridge.made" ]; then
-    ip route del "$SERVICE_CIDR" dev "$NODE_BRIDGE" 2>/dev/null || true
-    ip link del "$NODE_BRIDGE" 2>/dev/null || true
-  fi
+  ip route del "$SERVICE_CIDR" dev "$NODE_BRIDGE" 2>/dev/null || true
+  ip link del "$NODE_BRIDGE" 2>/dev/null || true
   if [ -s "$STATE/ip_forward.before" ]; then
     cat "$STATE/ip_forward.before" >/proc/sys/net/ipv4/ip_forward || true
   fi
