@@ -2,7 +2,8 @@
 //!
 //! [`parse_review`], [`plan`] and [`decide`] are pure; [`Admitter::review`] glues them to the
 //! resolver. The response is written through our own struct so the patch is base64 with
-//! `patchType: JSONPatch`, the documented form (kube's type writes a number array, crate-apis W5).
+//! `patchType: JSONPatch`, the documented form (kube's `AdmissionResponse` writes the patch as a
+//! JSON array of numbers).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

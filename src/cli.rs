@@ -9,11 +9,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::admission::AdmissionConfig;
 use crate::cluster::ClusterOptions;
+use crate::logging::LogFormat;
 use crate::metrics::Metrics;
 use crate::resolve::credentials::{CredentialError, CredentialSet};
+use crate::resolve::http::RegistryOptions;
 use crate::resolve::netpolicy::{AddressPolicy, Cidr};
 use crate::resolve::provider::{ProviderError, Providers};
-use crate::resolve::registry::RegistryOptions;
 use crate::resolve::ResolverConfig;
 use crate::server::ServeConfig;
 
@@ -81,12 +82,6 @@ fn positive(s: &str) -> Result<usize, String> {
         Ok(n) if n > 0 && n <= u32::MAX as usize => Ok(n),
         _ => Err("expected a whole number from 1 to 4294967295".into()),
     }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Flags shared by every command that talks to registries.

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::report::{Report, Summary};
 use super::*;
-use crate::resolve::registry::RegistryError;
+use crate::resolve::http::RegistryError;
 
 const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
