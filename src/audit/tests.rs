@@ -204,6 +204,47 @@ fn a_replicaset_not_named_after_its_hash_is_its_own_workload() {
 }
 
 #[test]
+fn image_volumes_are_audited_as_the_webhook_pins_them() {
+    // The webhook pins `spec.volumes[].image.reference` (podspec::find_images); the audit reads
+    // the same sites, so a volume's tag is a finding too, keyed as the record keys it.
+    let p = pod(
+        "ns",
+        "p",
+        &[("web", &format!("app@{A}"), &format!("app@{A}"))],
+        json!({"spec": {"volumes": [
+            {"name": "models", "image": {"reference": "models:latest"}},
+            {"name": "scratch", "emptyDir": {}},
+        ]}}),
+    );
+    let f = PodFacts::of(&p);
+    let images: Vec<_> = f
+        .containers
+        .iter()
+        .map(|c| (c.key.as_str(), c.image.as_str(), c.running.is_some()))
+        .collect();
+    assert_eq!(
+        images,
+        [
+            ("web", format!("app@{A}").as_str(), true),
+            ("volume/models", "models:latest", false),
+        ]
+    );
+    let ns = namespaces(&[("ns", Some("enabled"))]);
+    let (found, _) = inventory(&[p]).findings(&Answers::new(), &ns, &[]);
+    let got: Vec<_> = found
+        .iter()
+        .map(|f| (f.container.as_str(), f.kind))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("volume/models", Kind::Unpinned),
+            ("volume/models", Kind::Latest)
+        ]
+    );
+}
+
+#[test]
 fn unpinned_says_whether_the_namespace_opted_in_and_the_skip_label() {
     let pods = [
         pod("off", "a", &[("c", "app:1", "")], json!({})),
