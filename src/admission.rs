@@ -21,16 +21,16 @@ use crate::resolve::{BatchRequest, Budget, CredentialRequest, ImageOutcome, Outc
 
 /// `/mutate` pins what it can and never blocks; `/enforce` denies what it cannot pin.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Mode {
+pub enum Endpoint {
     Mutate,
     Enforce,
 }
 
-impl Mode {
+impl Endpoint {
     pub fn path(self) -> &'static str {
         match self {
-            Mode::Mutate => "mutate",
-            Mode::Enforce => "enforce",
+            Endpoint::Mutate => "mutate",
+            Endpoint::Enforce => "enforce",
         }
     }
 }
@@ -368,9 +368,9 @@ fn bounded_list(head: String, items: impl ExactSizeIterator<Item = String>) -> S
 }
 
 /// Combines a plan with the resolver's outcomes (one per `plan.sites` entry, in order). Pure.
-pub fn decide(plan: &Plan, outcomes: &[ImageOutcome], mode: Mode, keep_tag: bool) -> Decision {
+pub fn decide(plan: &Plan, outcomes: &[ImageOutcome], mode: Endpoint, keep_tag: bool) -> Decision {
     if let Some(why) = &plan.over_limit {
-        let allowed = mode == Mode::Mutate;
+        let allowed = mode == Endpoint::Mutate;
         return Decision {
             allowed,
             patch: Vec::new(),
@@ -413,7 +413,7 @@ pub fn decide(plan: &Plan, outcomes: &[ImageOutcome], mode: Mode, keep_tag: bool
                 ));
             }
             Outcome::Failed(e) => match previous {
-                Some(before) if mode == Mode::Mutate && e.is_outage() => {
+                Some(before) if mode == Endpoint::Mutate && e.is_outage() => {
                     pins.push((site, before.clone()));
                     warnings.push(format!(
                         "tagpin: {image} kept the digest it had ({before}): {e}"
@@ -438,7 +438,7 @@ pub fn decide(plan: &Plan, outcomes: &[ImageOutcome], mode: Mode, keep_tag: bool
         None => Vec::new(),
     };
     match mode {
-        Mode::Enforce if !failures.is_empty() => Decision {
+        Endpoint::Enforce if !failures.is_empty() => Decision {
             allowed: false,
             patch: Vec::new(),
             warnings: Vec::new(),
@@ -605,7 +605,7 @@ pub struct Admitter {
 
 impl Admitter {
     /// Answers one review body. `Err` only for bodies that are not an AdmissionReview.
-    pub async fn review(&self, body: &[u8], mode: Mode) -> Result<ReviewOut, ReviewError> {
+    pub async fn review(&self, body: &[u8], mode: Endpoint) -> Result<ReviewOut, ReviewError> {
         self.review_since(body, mode, Instant::now()).await
     }
 
@@ -614,7 +614,7 @@ impl Admitter {
     pub async fn review_since(
         &self,
         body: &[u8],
-        mode: Mode,
+        mode: Endpoint,
         started: Instant,
     ) -> Result<ReviewOut, ReviewError> {
         let path = mode.path();
@@ -656,13 +656,13 @@ impl Admitter {
         &self,
         req: &AdmissionRequest,
         plan: &Plan,
-        mode: Mode,
+        mode: Endpoint,
         started: Instant,
     ) -> Decision {
         let images: Vec<&str> = plan.sites.iter().map(|s| s.image.as_str()).collect();
         let batch_req = BatchRequest {
             credentials: credential_request(req),
-            allow_stale: self.config.stale_on_error && mode == Mode::Mutate,
+            allow_stale: self.config.stale_on_error && mode == Endpoint::Mutate,
             progress: None,
         };
         let budget = Budget {
@@ -689,7 +689,7 @@ impl Admitter {
     pub fn overloaded(
         &self,
         body: &[u8],
-        mode: Mode,
+        mode: Endpoint,
         started: Instant,
         limit: usize,
     ) -> Result<ReviewOut, ReviewError> {
@@ -705,7 +705,7 @@ impl Admitter {
             "tagpin: limit: more than {limit} reviews in flight (--max-concurrent-reviews); no slot within {}",
             humantime::format_duration(started.elapsed())
         );
-        let allowed = mode == Mode::Mutate;
+        let allowed = mode == Endpoint::Mutate;
         let d = Decision {
             allowed,
             patch: Vec::new(),
@@ -761,7 +761,7 @@ mod tests {
 
     /// `outcomes` stand for the resolver's answers for the plan's tags, in order; the other
     /// sites get their class (skipped, digest, invalid) as `resolve_batch` gives it.
-    fn decide(p: &Plan, outcomes: &[Outcome], mode: Mode, keep_tag: bool) -> Decision {
+    fn decide(p: &Plan, outcomes: &[Outcome], mode: Endpoint, keep_tag: bool) -> Decision {
         let mut given = outcomes.iter();
         let all: Vec<ImageOutcome> = p
             .sites
@@ -893,7 +893,7 @@ mod tests {
                 error: err,
             },
         ];
-        let dec = decide(&p, &outcomes, Mode::Mutate, false);
+        let dec = decide(&p, &outcomes, Endpoint::Mutate, false);
         assert!(dec.allowed);
         assert_eq!((dec.pinned, dec.left), (2, 2));
         let mut patched = obj.clone();
@@ -932,7 +932,7 @@ mod tests {
         let dec = decide(
             &p,
             &[Outcome::Failed(err("a")), Outcome::Failed(err("b"))],
-            Mode::Enforce,
+            Endpoint::Enforce,
             false,
         );
         assert!(!dec.allowed);
@@ -947,7 +947,7 @@ mod tests {
             "{m}"
         );
         // Nothing to fix: allowed.
-        let dec = decide(&Plan::default(), &[], Mode::Enforce, false);
+        let dec = decide(&Plan::default(), &[], Endpoint::Enforce, false);
         assert!(dec.allowed);
     }
 
@@ -958,7 +958,7 @@ mod tests {
         let dec = decide(
             &p,
             &[Outcome::Pinned(Digest::parse(D).unwrap())],
-            Mode::Mutate,
+            Endpoint::Mutate,
             true,
         );
         let out = serde_json::to_value(response("admission.k8s.io/v1".into(), "u1".into(), &dec))
@@ -1064,7 +1064,7 @@ mod tests {
             &cfg(),
         );
         assert_eq!(images(&p), vec!["nginx:1"]);
-        let dec = decide(&p, &[Outcome::Pinned(d)], Mode::Mutate, false);
+        let dec = decide(&p, &[Outcome::Pinned(d)], Endpoint::Mutate, false);
         let mut out = obj;
         json_patch::patch(&mut out, &dec.patch).unwrap();
         assert_eq!(
@@ -1103,7 +1103,7 @@ mod tests {
             &cfg(),
         );
         assert_eq!(images(&p), vec!["nginx:1"]);
-        let dec = decide(&p, &[Outcome::Pinned(d)], Mode::Mutate, false);
+        let dec = decide(&p, &[Outcome::Pinned(d)], Endpoint::Mutate, false);
         let mut out = obj;
         json_patch::patch(&mut out, &dec.patch).unwrap();
         assert_eq!(
@@ -1158,7 +1158,7 @@ mod tests {
         let dec = decide(
             &p,
             &[Outcome::Pinned(Digest::parse(D).unwrap())],
-            Mode::Mutate,
+            Endpoint::Mutate,
             false,
         );
         assert_eq!(dec.patch.len(), 1, "{:?}", dec.patch);
@@ -1195,7 +1195,7 @@ mod tests {
                 Outcome::Failed(outage.clone()),
                 Outcome::Failed(outage.clone()),
             ],
-            Mode::Mutate,
+            Endpoint::Mutate,
             false,
         );
         let mut out = new.clone();
@@ -1221,7 +1221,7 @@ mod tests {
         let dec = decide(
             &p,
             &[Outcome::Failed(refused), Outcome::Failed(outage.clone())],
-            Mode::Mutate,
+            Endpoint::Mutate,
             false,
         );
         assert_eq!(dec.left, 2);
@@ -1229,7 +1229,7 @@ mod tests {
         let dec = decide(
             &p,
             &[Outcome::Failed(outage.clone()), Outcome::Failed(outage)],
-            Mode::Enforce,
+            Endpoint::Enforce,
             false,
         );
         assert!(!dec.allowed);

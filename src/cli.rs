@@ -297,9 +297,9 @@ impl PinArgs {
     pub fn options(&self) -> crate::pin::Options {
         crate::pin::Options {
             mode: if self.check {
-                crate::pin::Mode::Check
+                crate::pin::Action::Check
             } else {
-                crate::pin::Mode::Pin
+                crate::pin::Action::Pin
             },
             keep_tag: self.registry.keep_tag,
             skip_prefixes: self.registry.skip_prefix.clone(),

@@ -39,7 +39,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Semaphore};
 
-use crate::admission::{Admitter, Mode};
+use crate::admission::{Admitter, Endpoint};
 use crate::metrics::Metrics;
 use crate::tls;
 
@@ -128,7 +128,7 @@ fn json_error(status: StatusCode, message: String) -> Response {
     (status, Json(serde_json::json!({ "error": message }))).into_response()
 }
 
-fn too_large(max: usize) -> Response {
+fn body_too_large(max: usize) -> Response {
     json_error(
         StatusCode::PAYLOAD_TOO_LARGE,
         format!("AdmissionReview body larger than {max} bytes (--max-body)"),
@@ -162,7 +162,7 @@ async fn read_body(
             Ok(Some(Ok(frame))) => {
                 if let Ok(data) = frame.into_data() {
                     if buf.len() + data.len() > max {
-                        return Err(too_large(max));
+                        return Err(body_too_large(max));
                     }
                     buf.extend_from_slice(&data);
                 }
@@ -171,7 +171,7 @@ async fn read_body(
     }
 }
 
-async fn admit(state: &AppState, mode: Mode, req: Request) -> Response {
+async fn admit(state: &AppState, mode: Endpoint, req: Request) -> Response {
     let started = Instant::now();
     let max = state.limits.max_body;
     let declared = req
@@ -180,7 +180,7 @@ async fn admit(state: &AppState, mode: Mode, req: Request) -> Response {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > max) {
-        return too_large(max);
+        return body_too_large(max);
     }
     let hint = declared.unwrap_or(64 << 10);
     let budget = state.admitter.config.resolve_timeout;
@@ -216,11 +216,11 @@ async fn admit(state: &AppState, mode: Mode, req: Request) -> Response {
 }
 
 async fn mutate(State(s): State<AppState>, req: Request) -> Response {
-    admit(&s, Mode::Mutate, req).await
+    admit(&s, Endpoint::Mutate, req).await
 }
 
 async fn enforce(State(s): State<AppState>, req: Request) -> Response {
-    admit(&s, Mode::Enforce, req).await
+    admit(&s, Endpoint::Enforce, req).await
 }
 
 async fn healthz() -> &'static str {
