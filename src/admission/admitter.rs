@@ -49,8 +49,8 @@ pub struct Admitter {
 
 impl Admitter {
     /// Answers one review body. `Err` only for bodies that are not an AdmissionReview.
-    pub async fn review(&self, body: &[u8], mode: Endpoint) -> Result<ReviewOut, ReviewError> {
-        self.review_since(body, mode, Instant::now()).await
+    pub async fn review(&self, body: &[u8], endpoint: Endpoint) -> Result<ReviewOut, ReviewError> {
+        self.review_since(body, endpoint, Instant::now()).await
     }
 
     /// [`Self::review`] for a request that arrived at `started`: its deadline
@@ -58,20 +58,19 @@ impl Admitter {
     pub async fn review_since(
         &self,
         body: &[u8],
-        mode: Endpoint,
+        endpoint: Endpoint,
         started: Instant,
     ) -> Result<ReviewOut, ReviewError> {
-        let path = mode.path();
-        let (api_version, req) = match parse_review(body) {
-            Ok(r) => r,
-            Err(e) => {
-                self.count(path, "invalid", started);
+        let path = endpoint.path();
+        let (api_version, req) = self
+            .counted(parse_review(body), path, started)
+            .inspect_err(|e| {
                 tracing::warn!(path, error = %Escaped(&e.to_string()), "rejected a body that is not an AdmissionReview");
-                return Err(e);
-            }
-        };
+            })?;
         let plan = plan(&req);
-        let decision = self.resolve_and_decide(&req, &plan, mode, started).await;
+        let decision = self
+            .resolve_and_decide(&req, &plan, endpoint, started)
+            .await;
         let outcome = decision.outcome(plan.ignored);
         self.count(path, outcome, started);
         let name = request_name(&req);
@@ -100,13 +99,13 @@ impl Admitter {
         &self,
         req: &AdmissionRequest,
         plan: &Plan,
-        mode: Endpoint,
+        endpoint: Endpoint,
         started: Instant,
     ) -> Decision {
         let images: Vec<&str> = plan.sites.iter().map(|s| s.image.as_str()).collect();
         let batch_req = BatchRequest {
             credentials: credential_request(req),
-            allow_stale: self.config.stale_on_error && mode == Endpoint::Mutate,
+            allow_stale: self.config.stale_on_error && endpoint == Endpoint::Mutate,
             progress: None,
         };
         let budget = Budget {
@@ -117,7 +116,7 @@ impl Admitter {
             .resolver
             .resolve_batch(&batch_req, &images, budget)
             .await;
-        let mut decision = decide(plan, &batch.outcomes, mode, self.config.keep_tag);
+        let mut decision = decide(plan, &batch.outcomes, endpoint, self.config.keep_tag);
         for w in &batch.warnings {
             tracing::warn!(uid = %Escaped(&req.uid), warning = %Escaped(w), "credential source skipped");
         }
@@ -133,26 +132,30 @@ impl Admitter {
     pub fn overloaded(
         &self,
         body: &[u8],
-        mode: Endpoint,
+        endpoint: Endpoint,
         started: Instant,
         limit: usize,
     ) -> Result<ReviewOut, ReviewError> {
-        let path = mode.path();
-        let (api_version, uid) = match parse_review_header(body) {
-            Ok(h) => h,
-            Err(e) => {
-                self.count(path, "invalid", started);
-                return Err(e);
-            }
-        };
+        let path = endpoint.path();
+        let (api_version, uid) = self.counted(parse_review_header(body), path, started)?;
         let why = format!(
             "tagpin: limit: more than {limit} reviews in flight (--max-concurrent-reviews); no slot within {}",
             humantime::format_duration(started.elapsed())
         );
-        let d = Decision::over_limit(why, mode);
+        let d = Decision::over_limit(why, endpoint);
         self.count(path, "overloaded", started);
         tracing::warn!(uid = %Escaped(&uid), path, "review answered without looking: too many in flight");
         Ok(response(api_version, uid, &d))
+    }
+
+    /// `parsed`, its error counted as an invalid body.
+    fn counted<T>(
+        &self,
+        parsed: Result<T, ReviewError>,
+        path: &'static str,
+        started: Instant,
+    ) -> Result<T, ReviewError> {
+        parsed.inspect_err(|_| self.count(path, "invalid", started))
     }
 
     fn count(&self, path: &'static str, outcome: &'static str, started: Instant) {

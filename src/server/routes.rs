@@ -93,7 +93,7 @@ async fn read_body(
     }
 }
 
-async fn admit(state: &AppState, mode: Endpoint, req: Request) -> Response {
+async fn admit(state: &AppState, endpoint: Endpoint, req: Request) -> Response {
     let started = Instant::now();
     let max = state.limits.max_body;
     let declared = req
@@ -117,7 +117,7 @@ async fn admit(state: &AppState, mode: Endpoint, req: Request) -> Response {
                 Ok(b) => b,
                 Err(resp) => return resp,
             };
-            match state.admitter.review_since(&body, mode, started).await {
+            match state.admitter.review_since(&body, endpoint, started).await {
                 Ok(out) => Json(out).into_response(),
                 Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
             }
@@ -129,7 +129,7 @@ async fn admit(state: &AppState, mode: Endpoint, req: Request) -> Response {
                 Err(resp) => return resp,
             };
             let limit = state.limits.max_concurrent_reviews;
-            match state.admitter.overloaded(&body, mode, started, limit) {
+            match state.admitter.overloaded(&body, endpoint, started, limit) {
                 Ok(out) => Json(out).into_response(),
                 Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
             }
