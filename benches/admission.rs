@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
-use tagpin::admission::Mode;
+use tagpin::admission::Endpoint;
 use tagpin::pin;
 use tagpin::resolve::{BatchRequest, Budget, ImageOutcome};
 
@@ -77,10 +77,10 @@ fn benches(c: &mut Criterion) {
         })
     });
     let body = serde_json::to_vec(&fixture("pod-create.json", &refs)).unwrap();
-    rt.block_on(adm.review(&body, Mode::Mutate)).unwrap();
+    rt.block_on(adm.review(&body, Endpoint::Mutate)).unwrap();
     g.bench_function("cached_admission_4_images", |b| {
         b.to_async(&rt)
-            .iter(|| async { black_box(adm.review(&body, Mode::Mutate).await.unwrap()) })
+            .iter(|| async { black_box(adm.review(&body, Endpoint::Mutate).await.unwrap()) })
     });
     let router = router(adm.clone());
     g.bench_function("cached_admission_via_router", |b| {
@@ -89,10 +89,10 @@ fn benches(c: &mut Criterion) {
     });
     // A Deployment: template paths, the record on object and template.
     let deploy = serde_json::to_vec(&fixture("deployment-create.json", &refs[..2])).unwrap();
-    rt.block_on(adm.review(&deploy, Mode::Mutate)).unwrap();
+    rt.block_on(adm.review(&deploy, Endpoint::Mutate)).unwrap();
     g.bench_function("cached_admission_deployment_2_images", |b| {
         b.to_async(&rt)
-            .iter(|| async { black_box(adm.review(&deploy, Mode::Mutate).await.unwrap()) })
+            .iter(|| async { black_box(adm.review(&deploy, Endpoint::Mutate).await.unwrap()) })
     });
 
     // A Pod with a pull secret, private registry (htpasswd over HTTPS): the secret comes from the
@@ -118,11 +118,11 @@ fn benches(c: &mut Criterion) {
     preview["request"]["object"]["spec"]["imagePullSecrets"] =
         serde_json::json!([{"name": "regcred"}]);
     let pbody = serde_json::to_vec(&preview).unwrap();
-    let warm = rt.block_on(padm.review(&pbody, Mode::Mutate)).unwrap();
+    let warm = rt.block_on(padm.review(&pbody, Endpoint::Mutate)).unwrap();
     assert!(warm.response.patch.is_some(), "pinned with the pull secret");
     g.bench_function("cached_admission_with_pull_secret", |b| {
         b.to_async(&rt)
-            .iter(|| async { black_box(padm.review(&pbody, Mode::Mutate).await.unwrap()) })
+            .iter(|| async { black_box(padm.review(&pbody, Endpoint::Mutate).await.unwrap()) })
     });
 
     // `tagpin pin` without the lookups: parse 200 documents, plan, edit line by line, re-parse
@@ -149,7 +149,7 @@ fn benches(c: &mut Criterion) {
         })
         .collect();
     let opts = pin::Options {
-        mode: pin::Mode::Pin,
+        mode: pin::Action::Pin,
         keep_tag: false,
         skip_prefixes: vec![],
         lookup_timeout: Duration::from_secs(5),

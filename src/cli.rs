@@ -9,11 +9,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::admission::AdmissionConfig;
 use crate::cluster::ClusterOptions;
+use crate::logging::LogFormat;
 use crate::metrics::Metrics;
 use crate::resolve::credentials::{CredentialError, CredentialSet};
+use crate::resolve::http::RegistryOptions;
 use crate::resolve::netpolicy::{AddressPolicy, Cidr};
 use crate::resolve::provider::{ProviderError, Providers};
-use crate::resolve::registry::RegistryOptions;
 use crate::resolve::ResolverConfig;
 use crate::server::ServeConfig;
 
@@ -81,12 +82,6 @@ fn positive(s: &str) -> Result<usize, String> {
         Ok(n) if n > 0 && n <= u32::MAX as usize => Ok(n),
         _ => Err("expected a whole number from 1 to 4294967295".into()),
     }
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
 }
 
 /// Flags shared by every command that talks to registries.
@@ -302,9 +297,9 @@ impl PinArgs {
     pub fn options(&self) -> crate::pin::Options {
         crate::pin::Options {
             mode: if self.check {
-                crate::pin::Mode::Check
+                crate::pin::Action::Check
             } else {
-                crate::pin::Mode::Pin
+                crate::pin::Action::Pin
             },
             keep_tag: self.registry.keep_tag,
             skip_prefixes: self.registry.skip_prefix.clone(),

@@ -1,8 +1,12 @@
 //! tagpin: pins container image tags to digests as objects are admitted to Kubernetes.
 //!
-//! The pure core (`reference`, `podspec`, the planning and deciding half of `admission`) takes
-//! values and returns values; only `resolve::registry`, `resolve::provider` (plugin processes)
-//! and `cluster` (Kubernetes API reads) touch the outside.
+//! The pure core (`reference`, `podspec`, `prune`, the planning and deciding half of
+//! `admission`, the findings of `audit`, the plans of `pin`) takes values and returns values.
+//! What touches the outside: `resolve::http`, `resolve::registry` and `resolve::auth` (registry
+//! and token requests), `resolve::provider` (plugin processes), `resolve::credentials` and `cli`
+//! (the docker config and CA files they are given), `cluster` (Kubernetes API reads), `server`
+//! (the listening sockets), `tls` (certificate files), `pin::files` (the YAML files read and
+//! written) and `commands` (stdout, stderr, signals).
 #![forbid(unsafe_code)]
 
 pub mod admission;

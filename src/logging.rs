@@ -2,7 +2,12 @@
 
 use std::fmt;
 
-use crate::cli::LogFormat;
+/// How log lines are written on stderr (`--log-format`).
+#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
 
 /// Displays text with control characters (line breaks, escape sequences) and backslashes
 /// escaped, so a field taken from a request (a uid, a kind, an image) cannot start a new line

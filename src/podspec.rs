@@ -13,6 +13,11 @@ pub struct ImageSite {
     pub image: String,
     /// A short human label: `containers/web`, `initContainers/migrate`, `volumes/models`.
     pub label: String,
+    /// The pod-spec list the image is in: `containers`, `initContainers`,
+    /// `ephemeralContainers` or `volumes`.
+    pub list: &'static str,
+    /// The container's (or volume's) name, `?` when it has none.
+    pub name: String,
     /// The site's key in the `tagpin.io/pinned` record: `web`, `init/migrate`,
     /// `ephemeral/debug`, `volume/models`.
     pub key: String,
@@ -254,6 +259,8 @@ pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSit
                     pointer,
                     image: image.to_string(),
                     label: format!("{list}/{name}"),
+                    list,
+                    name: name.to_string(),
                     key,
                 });
             }
@@ -272,6 +279,8 @@ pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSit
                     pointer,
                     image: image.to_string(),
                     label: format!("volumes/{name}"),
+                    list: "volumes",
+                    name: name.to_string(),
                     key: format!("volume/{name}"),
                 });
             }

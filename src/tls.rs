@@ -1,6 +1,6 @@
 //! Serving certificates: PEM files reloaded when their content changes (including the `..data`
 //! symlink swap of a Kubernetes Secret volume, which per-file inotify misses), or a self-signed
-//! certificate for localhost made in memory when none is given.
+//! certificate for localhost made in memory when none is given; [`for_reviews`] chooses.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +35,55 @@ pub enum TlsError {
     Generate(String),
     #[error("--client-ca {path}: {reason}")]
     ClientCa { path: PathBuf, reason: String },
+    #[error("--tls-cert and --tls-key go together: give both or neither")]
+    HalfPair,
+}
+
+/// The review listener's TLS: the `cert` and `key` files (reloaded every `reload_every` when
+/// they change), or, with neither, a self-signed certificate for localhost made in memory; with
+/// `client_ca`, clients must present a certificate it signed. Half a pair is refused. Spawns
+/// the reload loop, so it runs inside the runtime.
+pub fn for_reviews(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    reload_every: Duration,
+    client_ca: Option<&Path>,
+) -> Result<RustlsConfig, TlsError> {
+    let client_ca = match client_ca {
+        Some(path) => {
+            let v = client_verifier(path)?;
+            tracing::info!(ca = %path.display(), "review listener requires client certificates signed by this CA");
+            Some(v)
+        }
+        None => None,
+    };
+    match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let (server_cfg, hash) = load(cert, key, client_ca.clone())?;
+            let tls = RustlsConfig::from_config(server_cfg);
+            tokio::spawn(reload_loop(
+                tls.clone(),
+                cert.to_path_buf(),
+                key.to_path_buf(),
+                reload_every,
+                hash,
+                client_ca,
+            ));
+            tracing::info!(cert = %cert.display(), key = %key.display(), every = ?reload_every, "serving certificate loaded; reloaded when the files change");
+            Ok(tls)
+        }
+        (None, None) => {
+            let (c, k) = self_signed()?;
+            tracing::warn!("no --tls-cert/--tls-key given: serving a self-signed certificate for localhost made in memory (fine on a laptop; a cluster needs a real one)");
+            Ok(RustlsConfig::from_config(server_config_with(
+                &c,
+                &k,
+                ("generated", "generated"),
+                client_ca,
+            )?))
+        }
+        _ => Err(TlsError::HalfPair),
+    }
 }
 
 /// Verifies client certificates against the CA certificates in `path` (PEM): with it, a client

@@ -9,24 +9,29 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{init, pod_review, TestCa};
+use common::{init, pod_review, post_over_http as post, Tagpin, TestCa, SERVE_ON_ANY_PORT};
 use serde_json::{json, Value};
 
 const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
-/// The binary, started through `sh` so its open-file soft limit can be set first.
+/// The binary, started through `sh` so its open-file soft limit can be set first, serving the
+/// certificate of its own test CA.
 struct Server {
-    child: Child,
-    https: String,
-    metrics: String,
-    log: Arc<Mutex<String>>,
+    tagpin: Tagpin,
     _dir: tempfile::TempDir,
     ca: TestCa,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Tagpin;
+    fn deref(&self) -> &Tagpin {
+        &self.tagpin
+    }
 }
 
 impl Server {
@@ -39,57 +44,20 @@ impl Server {
         std::fs::write(&cert, &ca.cert_pem).unwrap();
         std::fs::write(&key, &ca.key_pem).unwrap();
         let limit = nofile.map_or(String::new(), |n| format!("ulimit -Sn {n}; "));
-        let mut child = Command::new("sh")
-            .arg("-c")
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
             .arg(format!("{limit}exec \"$0\" \"$@\""))
             // TAGPIN_TEST_BIN runs these against another build (main's, to see them fail).
             .arg(std::env::var("TAGPIN_TEST_BIN").unwrap_or(env!("CARGO_BIN_EXE_tagpin").into()))
-            .args([
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--metrics-listen",
-                "127.0.0.1:0",
-            ])
+            .args(SERVE_ON_ANY_PORT)
             .arg("--tls-cert")
             .arg(&cert)
             .arg("--tls-key")
             .arg(&key)
             .arg("--no-kube")
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        {
-            let log = log.clone();
-            std::thread::spawn(move || {
-                let marker = "admission reviews on https://";
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if let Some(i) = line.find(marker) {
-                        let rest = &line[i + marker.len()..];
-                        let https = rest.split_whitespace().next().unwrap_or("").to_string();
-                        let m = rest.split("metrics on http://").nth(1).unwrap_or("");
-                        let _ = tx.send((https, m.split('/').next().unwrap_or("").to_string()));
-                    }
-                    let mut l = log.lock().unwrap();
-                    l.push_str(&line);
-                    l.push('\n');
-                }
-            });
-        }
-        let (https, metrics) = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|_| panic!("tagpin did not start: {}", log.lock().unwrap()));
+            .args(args);
         Self {
-            child,
-            https,
-            metrics,
-            log,
+            tagpin: Tagpin::start(cmd),
             _dir: dir,
             ca,
         }
@@ -97,10 +65,6 @@ impl Server {
 
     fn pid(&self) -> u32 {
         self.child.id()
-    }
-
-    fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
     }
 
     fn status(&self, key: &str) -> u64 {
@@ -132,46 +96,19 @@ impl Server {
     }
 
     fn terminate(&self) {
-        assert!(Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
-            .status()
-            .unwrap()
-            .success());
+        self.signal("TERM");
     }
 
     fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
         let deadline = Instant::now() + within;
         loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
+            if let Some(s) = self.tagpin.child.try_wait().unwrap() {
                 return s;
             }
             assert!(Instant::now() < deadline, "did not exit:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(20));
         }
     }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn post(c: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, Value) {
-    let resp = c
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 /// A Pod review of about `size` bytes whose bulk is what real objects carry (environment

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
-use tagpin::admission::{decide, parse_review, plan, Mode};
+use tagpin::admission::{decide, parse_review, plan, Endpoint};
 use tagpin::reference::Digest;
 use tagpin::resolve::{classify, Class, ImageOutcome, LookupError, Outcome};
 
@@ -206,7 +206,7 @@ proptest! {
                 ),
             })
             .collect();
-        let dec = decide(&p, &outcomes, Mode::Mutate, keep_tag);
+        let dec = decide(&p, &outcomes, Endpoint::Mutate, keep_tag);
         prop_assert!(dec.allowed);
         let mut patched = obj.clone();
         json_patch::patch(&mut patched, &dec.patch).unwrap();

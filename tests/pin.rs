@@ -4,32 +4,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
 use serde_json::{json, Value};
 
-fn tagpin(reg: &Registry, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tagpin"))
-        .arg("pin")
-        .args(["--insecure-registry", &reg.addr])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 fn docs(text: &str) -> Vec<Value> {
     serde_saphyr::from_multiple::<Value>(text).unwrap()
-}
-
-fn record(entries: &[(&str, &str)]) -> String {
-    serde_json::to_string(&entries.iter().copied().collect::<BTreeMap<_, _>>()).unwrap()
 }
 
 fn set(v: &mut Value, ptr: &str, to: Value) {
@@ -163,21 +145,6 @@ fn write_tree(dir: &Path, a: &str, pinned_pod: &str) {
         ".git/x.yaml",
         "kind: Pod\nspec: {containers: [{name: a, image: nope:1}]}\n",
     );
-}
-
-struct Pushed {
-    app: String,
-    web: String,
-    redis: String,
-}
-
-async fn push_all(reg: &Registry) -> Pushed {
-    let p = reg.pusher();
-    Pushed {
-        app: p.push("app", "v3", Kind::Oci).await,
-        web: p.push("web", "1.27", Kind::Index).await,
-        redis: p.push("redis", "7", Kind::Docker).await,
-    }
 }
 
 /// Every document of the tree, in output order (files sorted), as tagpin should leave it.

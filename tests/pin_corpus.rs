@@ -8,25 +8,12 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 use serde_json::Value;
 
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/pin");
-
-fn tagpin(reg: &Registry, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tagpin"))
-        .arg("pin")
-        .args(["--insecure-registry", &reg.addr])
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
 
 fn stdout(o: &Output) -> String {
     String::from_utf8(o.stdout.clone()).unwrap()
@@ -51,26 +38,6 @@ fn tree(a: &str, rels: &[&str]) -> (tempfile::TempDir, Vec<PathBuf>) {
         })
         .collect();
     (dir, paths)
-}
-
-struct Pushed {
-    app: String,
-    web: String,
-    redis: String,
-}
-
-async fn push_all(reg: &Registry) -> Pushed {
-    let p = reg.pusher();
-    Pushed {
-        app: p.push("app", "v3", Kind::Oci).await,
-        web: p.push("web", "1.27", Kind::Index).await,
-        redis: p.push("redis", "7", Kind::Docker).await,
-    }
-}
-
-fn record(entries: &[(&str, &str)]) -> String {
-    let map: std::collections::BTreeMap<_, _> = entries.iter().copied().collect();
-    serde_json::to_string(&map).unwrap()
 }
 
 /// Problem 1: a flow-style pod spec made main re-serialize the document, and `defaultMode: 0400`

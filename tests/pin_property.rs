@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use serde_json::Value;
-use tagpin::pin::{self, yaml, Mode, Options, Source};
+use tagpin::pin::{self, yaml, Action, Options, Source};
 use tagpin::reference::Digest;
 use tagpin::resolve::Outcome;
 
@@ -269,7 +269,7 @@ proptest! {
     fn pinning_changes_only_images_and_the_record(m in manifest()) {
         let input = text(&m);
         let opts = Options {
-            mode: Mode::Pin,
+            mode: Action::Pin,
             keep_tag: false,
             skip_prefixes: vec![],
             lookup_timeout: Duration::from_secs(1),
@@ -347,7 +347,7 @@ proptest! {
         let head = ["apiVersion: v1\nkind: Pod\nspec:\n  ", "kind: List\nitems:\n- kind: Pod\n  spec: ", ""][kind];
         let input: String = std::iter::once(head).chain(parts.iter().map(|i| PIECES[*i])).collect();
         let opts = Options {
-            mode: Mode::Pin,
+            mode: Action::Pin,
             keep_tag: false,
             skip_prefixes: vec![],
             lookup_timeout: Duration::from_secs(1),

@@ -7,8 +7,8 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::post_over_http as post;
 use common::*;
-use serde_json::Value;
 
 fn client(trust: Option<&str>) -> reqwest::Client {
     init();
@@ -18,22 +18,6 @@ fn client(trust: Option<&str>) -> reqwest::Client {
         None => b.tls_danger_accept_invalid_certs(true),
     };
     b.build().unwrap()
-}
-
-async fn post(c: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, Value) {
-    let resp = c
-        .post(url)
-        .header("content-type", "application/json")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    let text = resp.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
 }
 
 #[tokio::test]

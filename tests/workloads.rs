@@ -5,15 +5,8 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
 use common::*;
 use serde_json::{json, Value};
-
-/// The record tagpin writes: compact JSON, keys sorted.
-fn record(entries: &[(&str, &str)]) -> String {
-    serde_json::to_string(&entries.iter().copied().collect::<BTreeMap<_, _>>()).unwrap()
-}
 
 /// The Deployment fixture turned into another kind with the same `spec.template`.
 fn as_kind(review: &Value, group: &str, kind: &str, resource: &str) -> Value {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use tagpin::admission::{self, AdmissionConfig, Mode};
+use tagpin::admission::{self, AdmissionConfig, Endpoint};
 use tagpin::reference::Digest;
 use tagpin::resolve::Outcome;
 
@@ -29,7 +29,7 @@ fuzz_target!(|body: &[u8]| {
         .iter()
         .map(|_| Outcome::Pinned(digest.clone()))
         .collect();
-    for mode in [Mode::Mutate, Mode::Enforce] {
+    for mode in [Endpoint::Mutate, Endpoint::Enforce] {
         let d = admission::decide(&plan, &outcomes, mode, cfg.keep_tag);
         let out = admission::response(api_version.clone(), req.uid.clone(), &d);
         assert!(out.response.warnings.len() <= admission::MAX_WARNINGS);
@@ -42,7 +42,7 @@ fuzz_target!(|body: &[u8]| {
             assert!(s.message.len() <= admission::MAX_DENIAL_BYTES);
         }
         let _ = serde_json::to_vec(&out).expect("an answer serializes");
-        if let (Some(obj), true) = (&req.object, mode == Mode::Mutate) {
+        if let (Some(obj), true) = (&req.object, mode == Endpoint::Mutate) {
             let mut patched = obj.clone();
             json_patch::patch(&mut patched, &d.patch).expect("the patch applies to the object");
         }

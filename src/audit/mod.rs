@@ -9,7 +9,7 @@ pub mod run;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
 use serde::Serialize;
 
 use crate::podspec;
@@ -80,14 +80,15 @@ impl std::fmt::Display for Owner {
     }
 }
 
-/// One container of a listed pod.
+/// One image of a listed pod: a container's, or an image volume's.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerFacts {
-    /// The `tagpin.io/pinned` record key: `web`, `init/migrate`, `ephemeral/debug`.
+    /// The `tagpin.io/pinned` record key: `web`, `init/migrate`, `ephemeral/debug`,
+    /// `volume/models`.
     pub key: String,
     /// The spec's image.
     pub image: String,
-    /// The digest the node runs, from `status.*ContainerStatuses[].imageID`.
+    /// The digest the node runs, from `status.*ContainerStatuses[].imageID` (none for a volume).
     pub running: Option<Digest>,
     /// The image as written before tagpin pinned it, from the pod's record.
     pub recorded: Option<String>,
@@ -142,63 +143,6 @@ impl PodFacts {
             .and_then(|r| podspec::parse_record(r))
             .unwrap_or_default();
         let spec = pod.spec.as_ref();
-        let status = pod.status.as_ref();
-        let ids = |list: Option<&Vec<k8s_openapi::api::core::v1::ContainerStatus>>| {
-            list.into_iter()
-                .flatten()
-                .map(|s| (s.name.clone(), s.image_id.clone()))
-                .collect::<BTreeMap<_, _>>()
-        };
-        let mut containers = Vec::new();
-        let mut add = |list: &str,
-                       named: &mut dyn Iterator<Item = (&String, Option<&String>)>,
-                       statuses: &BTreeMap<String, String>| {
-            for (name, image) in named {
-                let Some(image) = image else { continue };
-                let key = podspec::container_key(list, name);
-                containers.push(ContainerFacts {
-                    running: statuses.get(name).and_then(|id| running_digest(id)),
-                    recorded: record.get(&key).cloned(),
-                    key,
-                    image: image.clone(),
-                });
-            }
-        };
-        if let Some(spec) = spec {
-            add(
-                "initContainers",
-                &mut spec
-                    .init_containers
-                    .iter()
-                    .flatten()
-                    .map(|c| (&c.name, c.image.as_ref())),
-                &ids(status.and_then(|s| s.init_container_statuses.as_ref())),
-            );
-            add(
-                "containers",
-                &mut spec.containers.iter().map(|c| (&c.name, c.image.as_ref())),
-                &ids(status.and_then(|s| s.container_statuses.as_ref())),
-            );
-            add(
-                "ephemeralContainers",
-                &mut spec
-                    .ephemeral_containers
-                    .iter()
-                    .flatten()
-                    .map(|c| (&c.name, c.image.as_ref())),
-                &ids(status.and_then(|s| s.ephemeral_container_statuses.as_ref())),
-            );
-        }
-        let mut pull_secrets: Vec<String> = Vec::new();
-        for r in spec
-            .and_then(|s| s.image_pull_secrets.as_ref())
-            .into_iter()
-            .flatten()
-        {
-            if !r.name.is_empty() && !pull_secrets.contains(&r.name) {
-                pull_secrets.push(r.name.clone());
-            }
-        }
         Self {
             namespace: meta.namespace.clone().unwrap_or_default(),
             name: meta.name.clone().unwrap_or_default(),
@@ -206,10 +150,66 @@ impl PodFacts {
             owner_uid: controller.map(|r| r.uid.clone()),
             workload,
             skip_label: label(SKIP_LABEL) == Some("true"),
-            pull_secrets,
-            containers,
+            pull_secrets: spec.map(pull_secrets_of).unwrap_or_default(),
+            containers: spec
+                .map(|s| images_of(s, pod.status.as_ref(), &record))
+                .unwrap_or_default(),
         }
     }
+}
+
+/// The lists of a pod spec in the order their images are audited: init containers first (the
+/// order they start), image volumes last.
+const AUDIT_ORDER: [&str; 4] = [
+    "initContainers",
+    "containers",
+    "ephemeralContainers",
+    "volumes",
+];
+
+/// Every image of a pod spec, found by the walk the webhook pins with
+/// ([`podspec::find_images`]: containers, init and ephemeral containers, image volumes), with
+/// the digest the node runs (containers only: an image volume has no status) and the record's
+/// entry.
+fn images_of(
+    spec: &PodSpec,
+    status: Option<&PodStatus>,
+    record: &BTreeMap<String, String>,
+) -> Vec<ContainerFacts> {
+    // A typed pod spec always serializes; `Null` would only mean no images.
+    let spec = serde_json::to_value(spec).unwrap_or(serde_json::Value::Null);
+    let mut sites = podspec::find_images(&spec, &[] as &[&str]);
+    sites.sort_by_key(|s| AUDIT_ORDER.iter().position(|l| *l == s.list));
+    let statuses = |list: &str| match list {
+        "initContainers" => status.and_then(|s| s.init_container_statuses.as_ref()),
+        "containers" => status.and_then(|s| s.container_statuses.as_ref()),
+        "ephemeralContainers" => status.and_then(|s| s.ephemeral_container_statuses.as_ref()),
+        _ => None,
+    };
+    sites
+        .into_iter()
+        .map(|site| ContainerFacts {
+            running: statuses(site.list)
+                .into_iter()
+                .flatten()
+                .find(|s| s.name == site.name)
+                .and_then(|s| running_digest(&s.image_id)),
+            recorded: record.get(&site.key).cloned(),
+            key: site.key,
+            image: site.image,
+        })
+        .collect()
+}
+
+/// `imagePullSecrets` names, each once, as the webhook reads them.
+fn pull_secrets_of(spec: &PodSpec) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    for r in spec.image_pull_secrets.iter().flatten() {
+        if !r.name.is_empty() && !names.contains(&r.name) {
+            names.push(r.name.clone());
+        }
+    }
+    names
 }
 
 /// The Deployment that owns a ReplicaSet's pod: the Deployment controller names its ReplicaSets
@@ -507,15 +507,7 @@ fn tag_findings(
         _ => None,
     };
     let mode = namespaces.mode(&pod.namespace);
-    let why = match mode {
-        None => "namespace opt-in unknown (its labels could not be read)".to_string(),
-        Some(Some("enforce")) => "namespace enforces pinning (tagpin.io/mode=enforce): created before that, or while the webhook was not called".to_string(),
-        Some(Some(m)) if opted_in(Some(m)) && pod.skip_label => {
-            format!("namespace opted in (tagpin.io/mode={m}), pod has tagpin.io/skip=true")
-        }
-        Some(Some(m)) if opted_in(Some(m)) => format!("namespace opted in (tagpin.io/mode={m}): created before that, or admitted while tagpin was down (fallback-allow)"),
-        Some(_) => "namespace has not opted in".to_string(),
-    };
+    let why = why_unpinned(mode, pod.skip_label);
     let now_says = match resolved {
         Some(d) => format!("; the tag is {} now", short(d)),
         None => String::new(),
@@ -549,9 +541,37 @@ fn tag_findings(
             ..base.clone()
         });
     }
-    let Some(running) = &c.running else { return };
+    if let Some(running) = &c.running {
+        out.extend(stale_check(base, r, running, now, resolved, gaps));
+    }
+}
+
+/// Why a pod runs a tag, by its namespace's `tagpin.io/mode` (`None`: the labels could not be
+/// read) and the pod's skip label.
+fn why_unpinned(mode: Option<Option<&str>>, skip_label: bool) -> String {
+    match mode {
+        None => "namespace opt-in unknown (its labels could not be read)".to_string(),
+        Some(Some("enforce")) => "namespace enforces pinning (tagpin.io/mode=enforce): created before that, or while the webhook was not called".to_string(),
+        Some(Some(m)) if opted_in(Some(m)) && skip_label => {
+            format!("namespace opted in (tagpin.io/mode={m}), pod has tagpin.io/skip=true")
+        }
+        Some(Some(m)) if opted_in(Some(m)) => format!("namespace opted in (tagpin.io/mode={m}): created before that, or admitted while tagpin was down (fallback-allow)"),
+        Some(_) => "namespace has not opted in".to_string(),
+    }
+}
+
+/// The stale check of a running tag (`base` is its `unpinned` finding): `stale` when the tag
+/// names another digest now than the node runs, `unknown` when the registry did not say.
+fn stale_check(
+    base: Finding,
+    r: &ImageRef,
+    running: &Digest,
+    now: Option<&Outcome>,
+    resolved: Option<&Digest>,
+    gaps: &mut Gaps,
+) -> Option<Finding> {
     match (now, resolved) {
-        (_, Some(d)) if d != running => out.push(Finding {
+        (_, Some(d)) if d != running => Some(Finding {
             kind: Kind::Stale,
             opted_in: None,
             skip_label: None,
@@ -565,7 +585,7 @@ fn tag_findings(
         }),
         (Some(Outcome::Failed(e)), _) => {
             let why = failure(r, e, gaps);
-            out.push(Finding {
+            Some(Finding {
                 kind: Kind::Unknown,
                 opted_in: None,
                 skip_label: None,
@@ -576,9 +596,9 @@ fn tag_findings(
                     short(running)
                 ),
                 ..base
-            });
+            })
         }
-        _ => {}
+        _ => None,
     }
 }
 

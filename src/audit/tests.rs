@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::report::{Report, Summary};
 use super::*;
-use crate::resolve::registry::RegistryError;
+use crate::resolve::http::RegistryError;
 
 const A: &str = "sha256:aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa";
 const B: &str = "sha256:bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb";
@@ -201,6 +201,47 @@ fn a_replicaset_not_named_after_its_hash_is_its_own_workload() {
         json!({"metadata": {"ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "x", "uid": "u"}]}}),
     ));
     assert_eq!((f.owner, f.workload), (None, None));
+}
+
+#[test]
+fn image_volumes_are_audited_as_the_webhook_pins_them() {
+    // The webhook pins `spec.volumes[].image.reference` (podspec::find_images); the audit reads
+    // the same sites, so a volume's tag is a finding too, keyed as the record keys it.
+    let p = pod(
+        "ns",
+        "p",
+        &[("web", &format!("app@{A}"), &format!("app@{A}"))],
+        json!({"spec": {"volumes": [
+            {"name": "models", "image": {"reference": "models:latest"}},
+            {"name": "scratch", "emptyDir": {}},
+        ]}}),
+    );
+    let f = PodFacts::of(&p);
+    let images: Vec<_> = f
+        .containers
+        .iter()
+        .map(|c| (c.key.as_str(), c.image.as_str(), c.running.is_some()))
+        .collect();
+    assert_eq!(
+        images,
+        [
+            ("web", format!("app@{A}").as_str(), true),
+            ("volume/models", "models:latest", false),
+        ]
+    );
+    let ns = namespaces(&[("ns", Some("enabled"))]);
+    let (found, _) = inventory(&[p]).findings(&Answers::new(), &ns, &[]);
+    let got: Vec<_> = found
+        .iter()
+        .map(|f| (f.container.as_str(), f.kind))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("volume/models", Kind::Unpinned),
+            ("volume/models", Kind::Latest)
+        ]
+    );
 }
 
 #[test]

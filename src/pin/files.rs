@@ -3,7 +3,7 @@
 use std::io::{Read as _, Write as _};
 use std::path::{Path, PathBuf};
 
-use super::{PinError, Source};
+use super::options::{PinError, Source};
 
 /// Where the result goes.
 #[derive(Debug, Clone)]

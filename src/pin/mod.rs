@@ -4,74 +4,28 @@
 //! [`plan`] finds the images; [`edit`] and [`render`] write the digests over their own bytes
 //! (never re-serializing: a document that cannot be edited in place is left as written and
 //! reported); [`files`] reads and writes. [`run`] ties them to the resolver ([`lookup`], the one
-//! place that calls it) and returns a [`Report`] whose messages `main` prints.
+//! place that calls it) and returns a [`Report`] whose messages `commands::pin` prints; [`options`] holds what a run is
+//! given.
 
 pub mod edit;
 pub mod files;
+pub mod options;
 pub mod plan;
 pub mod render;
 pub mod yaml;
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 pub use files::{read_inputs, Output};
+pub use options::{Action, Options, PinError, Source};
 pub use plan::{plan_file, FilePlan};
 pub use render::{join, render, Rendered};
 
 use crate::reference::ImageRef;
 use crate::resolve::{BatchRequest, Budget, ImageOutcome, Outcome, Resolver};
 
-/// Input and output problems that stop a run before anything is written.
-#[derive(Debug, thiserror::Error)]
-pub enum PinError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("cannot read {path}: not UTF-8 text (byte {at}); save it as UTF-8")]
-    NotUtf8 { path: String, at: usize },
-    #[error("cannot write {path}: {source}")]
-    Write {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Join(String),
-    #[error("--in-place needs files: stdin cannot be rewritten")]
-    InPlaceStdin,
-}
-
-/// One input: a file, or stdin (`-`).
-#[derive(Debug, Clone)]
-pub struct Source {
-    pub name: String,
-    pub path: Option<PathBuf>,
-    pub text: String,
-}
-
-/// What `pin` does with the results.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    Pin,
-    Check,
-}
-
-/// Settings for one run.
-#[derive(Debug, Clone)]
-pub struct Options {
-    pub mode: Mode,
-    pub keep_tag: bool,
-    pub skip_prefixes: Vec<String>,
-    /// Budget of one image's lookup.
-    pub lookup_timeout: Duration,
-    /// Pin what can be read and skip (name) the rest, instead of writing nothing.
-    pub skip_invalid: bool,
-}
-
-/// What a run did, and every message for the user (printed by `main`).
+/// What a run did, and every message for the user (printed by `commands::pin`).
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Report {
     pub files: usize,
@@ -107,14 +61,14 @@ impl Report {
     }
 
     /// The closing line.
-    pub fn summary(&self, mode: Mode) -> String {
+    pub fn summary(&self, mode: Action) -> String {
         let verb = match mode {
-            Mode::Pin => format!("pinned {} image(s)", self.pinned),
-            Mode::Check => "checked".to_string(),
+            Action::Pin => format!("pinned {} image(s)", self.pinned),
+            Action::Check => "checked".to_string(),
         };
         let edited = match mode {
-            Mode::Pin => format!(" ({} edited in place)", self.edited),
-            Mode::Check => String::new(),
+            Action::Pin => format!(" ({} edited in place)", self.edited),
+            Action::Check => String::new(),
         };
         format!(
             "{verb} in {} document(s){edited} of {} file(s); {} problem(s)",
@@ -125,7 +79,7 @@ impl Report {
     }
 }
 
-/// Progress while resolving (a line now and then), for `main` to show.
+/// Progress while resolving (a line now and then), for `commands::pin` to show.
 pub use crate::progress::Progress;
 
 /// The one place `pin` uses the resolver: images in, outcome per image (as written) out, plus
@@ -212,7 +166,7 @@ pub async fn run(
     .await;
     report.warnings = warnings;
     let rendered = render_all(&plans, opts, &results, output, &mut report);
-    if opts.mode == Mode::Pin {
+    if opts.mode == Action::Pin {
         write_out(&plans, &rendered, output)?;
     }
     Ok(report)
@@ -282,7 +236,7 @@ mod tests {
         }
     }
 
-    fn opts(mode: Mode) -> Options {
+    fn opts(mode: Action) -> Options {
         Options {
             mode,
             keep_tag: false,
@@ -316,7 +270,7 @@ mod tests {
     #[test]
     fn pins_in_place_keeping_comments_and_other_documents() {
         let plan = plan_file(source(MIXED)).unwrap();
-        let r = render(&plan, &opts(Mode::Pin), &results(&[("nginx:1.27", D1)]));
+        let r = render(&plan, &opts(Action::Pin), &results(&[("nginx:1.27", D1)]));
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         assert!(r.notes.is_empty(), "{:?}", r.notes);
         assert_eq!(r.pinned, 1);
@@ -339,16 +293,16 @@ mod tests {
     #[test]
     fn check_reports_unpinned_and_moved_tags() {
         let plan = plan_file(source(MIXED)).unwrap();
-        let r = render(&plan, &opts(Mode::Check), &HashMap::new());
+        let r = render(&plan, &opts(Action::Check), &HashMap::new());
         assert_eq!(
             r.problems,
             vec!["deploy/app.yaml: document 2 (Deployment web) containers/web: nginx:1.27 is not pinned to a digest"]
         );
-        let pinned = render(&plan, &opts(Mode::Pin), &results(&[("nginx:1.27", D1)])).text;
+        let pinned = render(&plan, &opts(Action::Pin), &results(&[("nginx:1.27", D1)])).text;
         let plan = plan_file(source(&pinned)).unwrap();
-        let r = render(&plan, &opts(Mode::Check), &results(&[("nginx:1.27", D1)]));
+        let r = render(&plan, &opts(Action::Check), &results(&[("nginx:1.27", D1)]));
         assert!(r.problems.is_empty(), "{:?}", r.problems);
-        let r = render(&plan, &opts(Mode::Check), &results(&[("nginx:1.27", D2)]));
+        let r = render(&plan, &opts(Action::Check), &results(&[("nginx:1.27", D2)]));
         assert_eq!(
             r.problems,
             vec![format!("deploy/app.yaml: document 2 (Deployment web) containers/web: nginx@{D1} is pinned from nginx:1.27, which now points to {D2}")]
@@ -359,7 +313,7 @@ mod tests {
     fn lists_and_flow_style_are_edited_in_place() {
         let list = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Pod\n  metadata: {name: p}\n  spec: {containers: [{name: a, image: 'redis:7'}]}\n";
         let plan = plan_file(source(list)).unwrap();
-        let r = render(&plan, &opts(Mode::Pin), &results(&[("redis:7", D1)]));
+        let r = render(&plan, &opts(Action::Pin), &results(&[("redis:7", D1)]));
         assert!(r.problems.is_empty(), "{:?}", r.problems);
         assert_eq!(r.edited, 1);
         assert_eq!(
@@ -397,11 +351,11 @@ mod tests {
         let plan = super::plan_file(source(text));
         assert_eq!(plan.invalid().len(), 1);
         let res = results(&[("redis:7", D1)]);
-        let joined = super::render(&plan, &opts(Mode::Pin), &res, true);
+        let joined = super::render(&plan, &opts(Action::Pin), &res, true);
         assert!(joined.problems.is_empty(), "{:?}", joined.problems);
         let pinned_pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{annotations: {{tagpin.io/pinned: '{{\"a\":\"redis:7\"}}'}}, name: a}}\nspec:\n  containers: [{{name: a, image: 'redis@{D1}'}}]\n");
         assert_eq!(joined.text, format!("{pinned_pod}---\nkind: B\n"));
-        let in_file = super::render(&plan, &opts(Mode::Pin), &res, false);
+        let in_file = super::render(&plan, &opts(Action::Pin), &res, false);
         assert_eq!(
             in_file.text,
             format!("{pinned_pod}---\nkind: [unclosed\n---\nkind: B\n")
@@ -412,7 +366,7 @@ mod tests {
     fn a_json_document_stays_json() {
         let json_doc = "{\n  \"apiVersion\": \"v1\",\n  \"kind\": \"Pod\",\n  \"metadata\": {\"name\": \"p\"},\n  \"spec\": {\"containers\": [{\"name\": \"a\", \"image\": \"redis:7\"}]}\n}\n";
         let plan = plan_file(source(json_doc)).unwrap();
-        let r = render(&plan, &opts(Mode::Pin), &results(&[("redis:7", D1)]));
+        let r = render(&plan, &opts(Action::Pin), &results(&[("redis:7", D1)]));
         let v: Value = serde_json::from_str(&r.text).unwrap();
         assert_eq!(v["spec"]["containers"][0]["image"], format!("redis@{D1}"));
         assert_eq!(
@@ -426,7 +380,7 @@ mod tests {
         // `...` ends a document; the next one starts without `---`.
         let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers:\n  - {name: a, image: 'redis:7'}\n...\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\n";
         let plan = plan_file(source(text)).unwrap();
-        let r = render(&plan, &opts(Mode::Pin), &results(&[("redis:7", D1)]));
+        let r = render(&plan, &opts(Action::Pin), &results(&[("redis:7", D1)]));
         let back: Vec<Value> = serde_saphyr::from_multiple(&r.text).unwrap();
         assert_eq!(back.len(), 2, "{}", r.text);
         assert_eq!(

@@ -6,8 +6,8 @@ use std::collections::BTreeSet;
 use json_patch::jsonptr::PointerBuf;
 use serde_json::Value;
 
+use super::options::{Action, Options, Source};
 use super::yaml::{self, Document, NodeKind};
-use super::{Mode, Options, Source};
 use crate::podspec::{self, ImageSite, Record};
 use crate::reference::{ImageRef, ReferenceError};
 
@@ -275,7 +275,7 @@ pub fn ask(site: &ImageSite, record: Option<&Record>, opts: &Options) -> Ask {
     }
     match ImageRef::parse(&site.image) {
         Ok(r) => Ask::Pin(r),
-        Err(ReferenceError::HasDigest { .. }) if opts.mode == Mode::Check => {
+        Err(ReferenceError::HasDigest { .. }) if opts.mode == Action::Check => {
             check_digest(site, record)
         }
         Err(ReferenceError::HasDigest { .. }) => Ask::Nothing,
@@ -305,7 +305,7 @@ pub fn wanted(plans: &[FilePlan], opts: &Options) -> Vec<ImageRef> {
     for plan in plans {
         for s in &plan.sites {
             let image = match ask(&s.site, plan.objects[s.object].record.as_ref(), opts) {
-                Ask::Pin(r) if opts.mode == Mode::Pin => r,
+                Ask::Pin(r) if opts.mode == Action::Pin => r,
                 Ask::Check { recorded, .. } => recorded,
                 _ => continue,
             };

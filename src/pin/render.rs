@@ -9,9 +9,9 @@ use json_patch::{jsonptr::PointerBuf, PatchOperation};
 use serde_json::Value;
 
 use super::edit::{self, Edit, EditError};
+use super::options::{Action, Options};
 use super::plan::{ask, skipped, Ask, FilePlan};
 use super::yaml::{self, Document};
-use super::{Mode, Options};
 use crate::podspec::{self, ImageSite};
 use crate::resolve::Outcome;
 
@@ -107,7 +107,7 @@ fn decide(
         match ask(&s.site, obj.record.as_ref(), opts) {
             Ask::Nothing => {}
             Ask::Invalid(e) => problems.push(format!("{at}: {e}")),
-            Ask::Pin(r) if opts.mode == Mode::Check => {
+            Ask::Pin(r) if opts.mode == Action::Check => {
                 problems.push(format!("{at}: {r} is not pinned to a digest"));
             }
             Ask::Pin(r) => match results.get(r.original()) {
@@ -149,8 +149,8 @@ fn unjudged(plan: &FilePlan, opts: &Options, out: &mut Rendered) {
             plan.source.name, plan.docs[u.doc].number, u.what, u.label, u.image
         );
         match opts.mode {
-            Mode::Check => out.problems.push(format!("{line}: not checked")),
-            Mode::Pin => out.notes.push(format!("{line}: left as written")),
+            Action::Check => out.problems.push(format!("{line}: not checked")),
+            Action::Pin => out.notes.push(format!("{line}: left as written")),
         }
     }
 }

@@ -2,8 +2,9 @@
 //! Basic credentials, and Bearer tokens from the challenge's realm, reused until they expire.
 //!
 //! Tokens are keyed by registry, repository and the credential's identity, so two tenants never
-//! share one (crate-apis W4). Both caches here are moka caches, bounded in size and time: the hosts
-//! they are keyed by come from pod specs.
+//! share one: a token got with one tenant's pull secret never answers for another's request.
+//! Both caches here are moka caches, bounded in size and time: the hosts they are keyed by come
+//! from pod specs.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +15,7 @@ use reqwest::StatusCode;
 use serde::Deserialize;
 
 use super::credentials::{json_reason, Credential, Secret};
-use super::registry::{describe, read_limited, status_error, Http, RegistryError};
+use super::http::{describe, read_limited, status_error, Http, RegistryError};
 use crate::reference::ImageRef;
 
 const MAX_TOKEN_BYTES: usize = 1 << 20;

@@ -11,6 +11,7 @@ pub mod auth;
 pub mod breaker;
 pub mod cache;
 pub mod credentials;
+pub mod http;
 pub mod netpolicy;
 pub mod provider;
 pub mod registry;
@@ -29,8 +30,9 @@ use crate::reference::{Digest, ImageRef, ReferenceError};
 use breaker::Breakers;
 use cache::{DigestCache, Key};
 use credentials::{Credential, CredentialSet};
+use http::{RegistryError, RegistryOptions};
 use provider::Providers;
-use registry::{RegistryClient, RegistryError, RegistryOptions};
+use registry::RegistryClient;
 use sources::Sources;
 pub use sources::{CredentialRequest, Gathered};
 
@@ -285,10 +287,7 @@ struct Inner {
 pub struct Resolver(Arc<Inner>);
 
 impl Resolver {
-    pub fn new(
-        cfg: ResolverConfig,
-        metrics: Arc<Metrics>,
-    ) -> Result<Self, registry::ClientBuildError> {
+    pub fn new(cfg: ResolverConfig, metrics: Arc<Metrics>) -> Result<Self, http::ClientBuildError> {
         Ok(Self(Arc::new(Inner {
             client: RegistryClient::new(&cfg.registry)?,
             slots: Slots::new(cfg.max_lookups, cfg.max_lookups_per_registry),

@@ -596,6 +596,15 @@ pub fn warnings(response: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// `tagpin serve` on loopback, on ports of its choosing (the log says which).
+pub const SERVE_ON_ANY_PORT: [&str; 5] = [
+    "serve",
+    "--listen",
+    "127.0.0.1:0",
+    "--metrics-listen",
+    "127.0.0.1:0",
+];
+
 /// The spawned `tagpin` binary, with its log captured.
 pub struct Tagpin {
     pub child: Child,
@@ -616,10 +625,15 @@ impl Tagpin {
     /// `tagpin serve` with `args` only (its address rules as shipped).
     pub fn spawn_without_allowances(args: &[&str]) -> Self {
         init();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tagpin"))
-            .arg("serve")
-            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
-            .args(args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tagpin"));
+        cmd.args(SERVE_ON_ANY_PORT).args(args);
+        Self::start(cmd)
+    }
+
+    /// Starts `cmd` (a `tagpin serve` on ports of its choosing, [`SERVE_ON_ANY_PORT`]) with its
+    /// log captured; returns once it says where it listens.
+    pub fn start(mut cmd: Command) -> Self {
+        let mut child = cmd
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -704,5 +718,65 @@ impl Drop for Tagpin {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// POSTs `body` as JSON to `url`: the status, and the body as JSON (as a string when it is not).
+pub async fn post_over_http(c: &reqwest::Client, url: &str, body: Vec<u8>) -> (u16, Value) {
+    let resp = c
+        .post(url)
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// `tagpin pin` (the built binary) with `args`, speaking plain HTTP to `reg`.
+pub fn tagpin(reg: &Registry, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_tagpin"))
+        .arg("pin")
+        .args(["--insecure-registry", &reg.addr])
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// A finished command's stderr, as text.
+pub fn stderr(o: &std::process::Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// The `tagpin.io/pinned` record tagpin writes: compact JSON, keys sorted.
+pub fn record(entries: &[(&str, &str)]) -> String {
+    serde_json::to_string(
+        &entries
+            .iter()
+            .copied()
+            .collect::<std::collections::BTreeMap<_, _>>(),
+    )
+    .unwrap()
+}
+
+/// The digests of the three images the `pin` suites push.
+pub struct Pushed {
+    pub app: String,
+    pub web: String,
+    pub redis: String,
+}
+
+/// Pushes `app:v3` (OCI manifest), `web:1.27` (OCI index) and `redis:7` (Docker manifest).
+pub async fn push_all(reg: &Registry) -> Pushed {
+    let p = reg.pusher();
+    Pushed {
+        app: p.push("app", "v3", Kind::Oci).await,
+        web: p.push("web", "1.27", Kind::Index).await,
+        redis: p.push("redis", "7", Kind::Docker).await,
     }
 }

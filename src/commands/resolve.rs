@@ -1,8 +1,37 @@
-//! Commands that are not a server: what `tagpin resolve` computes, for `main` to print.
+//! `tagpin resolve IMAGE...`: prints `<input> <pinned>` per image (the resolver's module is
+//! `crate::resolve`; this is the command).
 
+use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
+use super::{resolver, CommandError};
+use crate::cli::ResolveArgs;
+use crate::metrics::Metrics;
 use crate::resolve::{BatchRequest, Budget, ImageOutcome, Outcome, Resolver};
+
+/// Resolves with the registry flags only (no namespace, so no pull secrets), prints a line per
+/// image on stdout and each failure on stderr. Exit 1 if any image cannot be pinned.
+pub async fn run(args: ResolveArgs) -> Result<ExitCode, CommandError> {
+    crate::logging::init(args.registry.log_format);
+    let resolver = resolver(&args.registry, &Arc::new(Metrics::new()), |_| {})?;
+    let r = &args.registry;
+    let report = resolve(&resolver, &args.images, r.keep_tag, r.resolve_timeout).await;
+    for w in &report.warnings {
+        eprintln!("{w}");
+    }
+    for (input, line) in args.images.iter().zip(&report.lines) {
+        match line {
+            Ok(pinned) => println!("{input} {pinned}"),
+            Err(e) => eprintln!("tagpin: cannot pin {e}"),
+        }
+    }
+    Ok(if report.failed() {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
 
 /// One line of `tagpin resolve`: the pinned reference (or the input as is, when it needs no
 /// pinning), or why it cannot be pinned.

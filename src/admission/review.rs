@@ -1,0 +1,177 @@
+//! The wire format: the AdmissionReview tagpin reads (the envelope checked once, for a whole
+//! review or for its uid alone) and the one it answers. The answer is written through our own
+//! struct so the patch is base64 with `patchType: JSONPatch`, the documented form (kube's
+//! `AdmissionResponse` writes the patch as a JSON array of numbers); `decide.rs` fills it.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::prune::Pruned;
+
+/// The envelope of an AdmissionReview, around the request as far as it is read (`R`).
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct Envelope<R> {
+    pub api_version: String,
+    pub kind: String,
+    pub request: Option<R>,
+}
+
+/// An AdmissionReview with its request read as tagpin needs it.
+pub type AdmissionReview = Envelope<AdmissionRequest>;
+
+#[derive(Deserialize, Debug, Clone, Default)]
+pub struct GroupVersionKind {
+    #[serde(default)]
+    pub group: String,
+    #[serde(default)]
+    pub version: String,
+    pub kind: String,
+}
+
+/// The parts of an AdmissionReview request tagpin reads. `object` and `oldObject` are pruned
+/// while they are read ([`crate::prune`]): only image sites, the metadata the patch touches and
+/// the pod spec's credential fields are kept, never a whole `Value` of the object.
+#[derive(Deserialize, Debug)]
+#[serde(rename_all = "camelCase", from = "RequestIn")]
+pub struct AdmissionRequest {
+    pub uid: String,
+    pub kind: GroupVersionKind,
+    pub sub_resource: Option<String>,
+    pub name: Option<String>,
+    pub namespace: Option<String>,
+    pub operation: String,
+    pub object: Option<Value>,
+    pub old_object: Option<Value>,
+    pub dry_run: Option<bool>,
+    /// `object` or `oldObject` held more than [`crate::prune::MAX_KEPT_NODES`] values worth
+    /// keeping: it was not read whole and nothing in it is pinned.
+    pub too_large: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct RequestIn {
+    uid: String,
+    kind: GroupVersionKind,
+    #[serde(default)]
+    sub_resource: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    namespace: Option<String>,
+    operation: String,
+    #[serde(default)]
+    object: Option<Pruned>,
+    #[serde(default)]
+    old_object: Option<Pruned>,
+    #[serde(default)]
+    dry_run: Option<bool>,
+}
+
+impl From<RequestIn> for AdmissionRequest {
+    fn from(r: RequestIn) -> Self {
+        let too_large = [&r.object, &r.old_object]
+            .iter()
+            .any(|o| o.as_ref().is_some_and(|p| p.over_budget));
+        AdmissionRequest {
+            uid: r.uid,
+            kind: r.kind,
+            sub_resource: r.sub_resource,
+            name: r.name,
+            namespace: r.namespace,
+            operation: r.operation,
+            object: r.object.map(|p| p.value),
+            old_object: r.old_object.map(|p| p.value),
+            dry_run: r.dry_run,
+            too_large,
+        }
+    }
+}
+
+/// A body that is not an AdmissionReview.
+#[derive(Debug, thiserror::Error)]
+pub enum ReviewError {
+    #[error("body is not an AdmissionReview: {0}")]
+    Json(String),
+    #[error(
+        "unsupported AdmissionReview apiVersion {0:?}: configure admissionReviewVersions: [v1]"
+    )]
+    Version(String),
+    #[error("kind is {0:?}, expected AdmissionReview")]
+    Kind(String),
+    #[error("AdmissionReview has no request")]
+    NoRequest,
+    #[error("AdmissionReview request has an empty uid")]
+    NoUid,
+}
+
+/// Parses a review body and checks its envelope: apiVersion, kind, a request with a uid.
+fn checked<R: serde::de::DeserializeOwned>(
+    body: &[u8],
+    uid: impl Fn(&R) -> &str,
+) -> Result<(String, R), ReviewError> {
+    let review: Envelope<R> =
+        serde_json::from_slice(body).map_err(|e| ReviewError::Json(e.to_string()))?;
+    if !matches!(
+        review.api_version.as_str(),
+        "admission.k8s.io/v1" | "admission.k8s.io/v1beta1"
+    ) {
+        return Err(ReviewError::Version(review.api_version));
+    }
+    if review.kind != "AdmissionReview" {
+        return Err(ReviewError::Kind(review.kind));
+    }
+    let request = review.request.ok_or(ReviewError::NoRequest)?;
+    if uid(&request).is_empty() {
+        return Err(ReviewError::NoUid);
+    }
+    Ok((review.api_version, request))
+}
+
+/// Parses and checks a review body.
+pub fn parse_review(body: &[u8]) -> Result<(String, AdmissionRequest), ReviewError> {
+    checked(body, |r: &AdmissionRequest| &r.uid)
+}
+
+/// The apiVersion and uid of a review, reading nothing else.
+pub fn parse_review_header(body: &[u8]) -> Result<(String, String), ReviewError> {
+    #[derive(Deserialize)]
+    struct RequestHeader {
+        uid: String,
+    }
+    let (api_version, h) = checked(body, |h: &RequestHeader| &h.uid)?;
+    Ok((api_version, h.uid))
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct ReviewOut {
+    pub api_version: String,
+    pub kind: &'static str,
+    pub response: ResponseOut,
+}
+
+#[derive(Serialize, Debug)]
+#[serde(rename_all = "camelCase")]
+pub struct ResponseOut {
+    pub uid: String,
+    pub allowed: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch_type: Option<&'static str>,
+    /// base64 of the JSON Patch.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<StatusOut>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct StatusOut {
+    pub status: &'static str,
+    pub code: u16,
+    pub reason: &'static str,
+    pub message: String,
+}

@@ -1,0 +1,204 @@
+//! The HTTP handlers: `/mutate` and `/enforce` (a slot per review, a bounded body, the
+//! admitter's answer), the probes, and `/metrics`.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use http_body_util::BodyExt as _;
+use tokio::sync::Semaphore;
+
+use super::connection::HEADER_READ_TIMEOUT;
+use crate::admission::{Admitter, Endpoint};
+use crate::metrics::Metrics;
+
+/// Default largest review body: the API server's own request limit (3 MiB).
+pub const DEFAULT_MAX_BODY: usize = 3 << 20;
+/// Default cap on reviews being answered at once.
+pub const DEFAULT_MAX_CONCURRENT_REVIEWS: usize = 256;
+
+/// Limits on one review request.
+#[derive(Clone, Copy, Debug)]
+pub struct ReviewLimits {
+    pub max_body: usize,
+    pub max_concurrent_reviews: usize,
+}
+
+impl Default for ReviewLimits {
+    fn default() -> Self {
+        Self {
+            max_body: DEFAULT_MAX_BODY,
+            max_concurrent_reviews: DEFAULT_MAX_CONCURRENT_REVIEWS,
+        }
+    }
+}
+
+#[derive(Clone)]
+struct AppState {
+    admitter: Admitter,
+    limits: ReviewLimits,
+    slots: Arc<Semaphore>,
+}
+
+fn json_error(status: StatusCode, message: String) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+fn body_too_large(max: usize) -> Response {
+    json_error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("AdmissionReview body larger than {max} bytes (--max-body)"),
+    )
+}
+
+/// Reads a body of at most `max` bytes by `until`; the error is the answer to send.
+async fn read_body(
+    body: Body,
+    max: usize,
+    hint: usize,
+    until: Instant,
+) -> Result<Vec<u8>, Response> {
+    let mut body = body;
+    let mut buf = Vec::with_capacity(hint.min(max));
+    loop {
+        match tokio::time::timeout_at(until.into(), body.frame()).await {
+            Err(_) => {
+                return Err(json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    "AdmissionReview body not received in time".into(),
+                ))
+            }
+            Ok(None) => return Ok(buf),
+            Ok(Some(Err(e))) => {
+                return Err(json_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("cannot read the request body: {e}"),
+                ))
+            }
+            Ok(Some(Ok(frame))) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len() + data.len() > max {
+                        return Err(body_too_large(max));
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+        }
+    }
+}
+
+async fn admit(state: &AppState, endpoint: Endpoint, req: Request) -> Response {
+    let started = Instant::now();
+    let max = state.limits.max_body;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > max) {
+        return body_too_large(max);
+    }
+    let hint = declared.unwrap_or(64 << 10);
+    let budget = state.admitter.config.resolve_timeout;
+    let deadline = started + budget;
+    // Wait for a slot before reading the body: waiting reviews hold no body. At most three
+    // quarters of the deadline, so a review that gets a slot still has time to resolve.
+    let slot_by = started + budget.mul_f64(0.75);
+    let slot = tokio::time::timeout_at(slot_by.into(), state.slots.clone().acquire_owned()).await;
+    match slot {
+        Ok(Ok(_slot)) => {
+            let body = match read_body(req.into_body(), max, hint, deadline).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            match state.admitter.review_since(&body, endpoint, started).await {
+                Ok(out) => Json(out).into_response(),
+                Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
+            }
+        }
+        _ => {
+            let until = Instant::now() + HEADER_READ_TIMEOUT;
+            let body = match read_body(req.into_body(), max, hint, until).await {
+                Ok(b) => b,
+                Err(resp) => return resp,
+            };
+            let limit = state.limits.max_concurrent_reviews;
+            match state.admitter.overloaded(&body, endpoint, started, limit) {
+                Ok(out) => Json(out).into_response(),
+                Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
+            }
+        }
+    }
+}
+
+async fn mutate(State(s): State<AppState>, req: Request) -> Response {
+    admit(&s, Endpoint::Mutate, req).await
+}
+
+async fn enforce(State(s): State<AppState>, req: Request) -> Response {
+    admit(&s, Endpoint::Enforce, req).await
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn readyz(State(ready): State<Arc<AtomicBool>>) -> Response {
+    if ready.load(Ordering::Relaxed) {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    }
+}
+
+/// The admission router (no TLS, no socket) with default limits: tests drive it with `oneshot`.
+pub fn router(admitter: Admitter, ready: Arc<AtomicBool>) -> Router {
+    router_with(admitter, ready, ReviewLimits::default())
+}
+
+/// The admission router with the given limits.
+pub fn router_with(admitter: Admitter, ready: Arc<AtomicBool>, limits: ReviewLimits) -> Router {
+    let probes = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(ready.clone());
+    let slots = Arc::new(Semaphore::new(limits.max_concurrent_reviews.max(1)));
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/enforce", post(enforce))
+        .with_state(AppState {
+            admitter,
+            limits,
+            slots,
+        })
+        .merge(probes)
+}
+
+/// `/metrics`, `/healthz` and `/readyz` over plain HTTP.
+pub fn metrics_router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let m = metrics.clone();
+                async move {
+                    (
+                        [(
+                            header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        m.encode(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(ready)
+}
