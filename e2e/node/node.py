@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import os
 import re
+import signal
 import shutil
 import subprocess
 import threading
@@ -110,6 +112,92 @@ def admissions(pods: list[dict]) -> float:
     return total
 
 
+def tag_digest(registry: harness.Registry, repo: str, tag: str) -> str:
+    """What the registry says REPO:TAG is now (Docker-Content-Digest of a manifest HEAD)."""
+    _, headers, _ = registry._request(
+        "HEAD", f"/v2/{repo}/manifests/{tag}", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    )
+    return {k.lower(): v for k, v in headers.items()}["docker-content-digest"]
+
+
+def image_id(p: dict, container: int = 0) -> str:
+    """The imageID the kubelet wrote for the pod's container (what the node runs)."""
+    return p["status"]["containerStatuses"][container]["imageID"]
+
+
+def deployment(name: str, image: str, replicas: int = 3, policy: str = "Always") -> dict:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod(name, image, policy=policy)["spec"]},
+        },
+    }
+
+
+def running_pods(namespace: str, selector: str, count: int, timeout: float = 180) -> list[dict]:
+    """The COUNT pods matching SELECTOR (none being deleted), once all of them run; sorted by name."""
+
+    def all_running():
+        items = json.loads(kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json").stdout)["items"]
+        live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+        ok = len(live) == count and all(
+            (s := p.get("status", {}).get("containerStatuses")) and all("running" in c.get("state", {}) for c in s)
+            for p in live
+        )
+        return sorted(live, key=lambda p: p["metadata"]["name"]) if ok else None
+
+    try:
+        return wait_for(f"{count} pods {selector} running in {namespace}", all_running, timeout=timeout, interval=0.5)
+    except AssertionError as e:
+        detail = kubectl("-n", namespace, "describe", "pods", "-l", selector, check=False).stdout[-3000:]
+        raise AssertionError(f"{e}\n--- kubectl describe pods\n{detail}") from None
+
+
+def respec(p: dict) -> dict:
+    """A new pod object from a stored pod: its name, labels, annotations and spec as stored (tagpin's
+    pinned image included), without what the cluster filled in for this one pod."""
+    spec = {k: v for k, v in p["spec"].items() if k != "nodeName"}
+    meta = {k: p["metadata"][k] for k in ("name", "labels", "annotations") if k in p["metadata"]}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+class stopped:
+    """`with stopped(env, "registry"):` the suite's process NAME (STATE/pids/NAME.pid) is SIGSTOPped:
+    the kernel still accepts connections on its port, nothing answers. SIGCONT on the way out."""
+
+    def __init__(self, env: dict, name: str):
+        self.pid = int((Path(env["state"]) / "pids" / f"{name}.pid").read_text())
+
+    def __enter__(self):
+        os.kill(self.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc):
+        os.kill(self.pid, signal.SIGCONT)
+        return False
+
+
+def audit(env: dict, *args: str) -> tuple[int, dict]:
+    """`tagpin audit ARGS -o json` with the release binary from the host, as the admin (the node's
+    registries are on the node's private address, which audit refuses unless allowed); its exit
+    code and report."""
+    argv = [
+        env["tagpin_bin"], "audit", "--kubeconfig", env["kubeconfig"],
+        "--insecure-registry", env["registry"], "--registry-ca", env["registry_ca"],
+        "--allow-registry-cidr", f"{env['node']['node_addr']}/32", *args, "-o", "json",
+    ]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    try:
+        return p.returncode, json.loads(p.stdout)
+    except ValueError as e:
+        raise AssertionError(f"tagpin audit: not JSON ({e}); exit {p.returncode}\n{p.stdout}\n{p.stderr}") from None
+
+
 # --- tagpin, installed -------------------------------------------------------------------------
 
 
@@ -207,11 +295,11 @@ def registry_ca_configmap(env: dict):
     kubectl("apply", "-f", "-", input=json.dumps(cm))
 
 
-def install_helm(env: dict) -> Installed:
+def install_helm(env: dict, serve: dict | None = None) -> Installed:
     """`helm install` of charts/tagpin as its README says, with a values file pointing the image at
     the suite's registry and setting the registry flags (`serve:`, as the chart's README lists
-    them; Helm merges them with the chart's defaults) and CA. The chart
-    generates the serving certificate (no cert-manager here)."""
+    them; Helm merges them with the chart's defaults) and CA, plus the flags in SERVE (e.g.
+    {"cache-ttl": "1s"}). The chart generates the serving certificate (no cert-manager here)."""
     node = env["node"]
     values = {
         "image": {"repository": node["tagpin_image_repository"], "tag": node["tagpin_image_tag"]},
@@ -223,9 +311,20 @@ def install_helm(env: dict) -> Installed:
         "extraVolumes": [{"name": "registry-ca", "configMap": {"name": REGISTRY_CA_CONFIGMAP}}],
         "extraVolumeMounts": [{"name": "registry-ca", "mountPath": REGISTRY_CA_DIR, "readOnly": True}],
     }
+    values["serve"].update(serve or {})
     path = Path(env["state"]) / "helm-values.yaml"
     path.write_text(yaml.safe_dump(values))
-    kubectl("create", "namespace", SYSTEM_NS)
+    # An earlier install's namespace (kubectl delete -k removes it) must be gone first.
+    wait_for(
+        f"namespace {SYSTEM_NS} gone or active",
+        lambda: (lambda o: not o or not json.loads(o)["metadata"].get("deletionTimestamp"))(
+            kubectl("get", "namespace", SYSTEM_NS, "--ignore-not-found", "-o", "json").stdout.strip()
+        ),
+        timeout=120,
+        interval=1,
+    )
+    if not harness.exists("namespace", SYSTEM_NS):
+        kubectl("create", "namespace", SYSTEM_NS)
     registry_ca_configmap(env)
     chart = str(Path(env["root"]) / "charts" / "tagpin")
     helm(env, "install", "tagpin", chart, "-n", SYSTEM_NS, "--create-namespace", "-f", str(path))
