@@ -65,6 +65,50 @@ def test_1_ifnotpresent_keeps_the_old_build(tagpin, registry, served):
 
 
 @pytest.mark.parametrize("served", SERVED)
+def test_3_a_rescheduled_pod_runs_another_build(tagpin, registry, env, served):
+    """A 3-replica Deployment (pull policy Always: a replacement pulls, as on a node that never held
+    the image); the tag moves and one pod is deleted. Without workload pinning its replacement runs
+    the new build beside two old ones and `tagpin audit` reports `mixed` from the kubelet's
+    imageIDs; with it the template names a digest and all three run one build."""
+    ns = seed_namespace("reschedule", served, workloads=True)
+    repo = f"e2e/reschedule-{served}"
+    image = f"{registry.addr}/{repo}:1.0"
+    b1 = n.push_app(registry, repo, "1.0", "build 1")
+    kubectl("-n", ns, "create", "-f", "-", input=json.dumps(n.deployment("web", image)))
+    template = harness.get("deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert template == (image if served == "without" else f"{registry.addr}/{repo}@{b1}")
+    before = n.running_pods(ns, "app=web", 3)
+    assert {n.image_id(p).rsplit("@", 1)[-1] for p in before} == {b1}
+
+    b2 = n.push_app(registry, repo, "1.0", "build 2")
+    assert n.tag_digest(registry, repo, "1.0") == b2
+    victim = before[0]["metadata"]["name"]
+    # Waits until the pod is gone: while it terminates it still runs (and audit counts it).
+    kubectl("-n", ns, "delete", "pod", victim, "--wait=true", timeout=120)
+    after = wait_for(
+        f"a replacement for {victim}",
+        lambda: (lambda ps: ps if victim not in [p["metadata"]["name"] for p in ps] else None)(
+            n.running_pods(ns, "app=web", 3)
+        ),
+        timeout=180,
+        interval=0.5,
+    )
+    (new,) = [p for p in after if p["metadata"]["name"] not in {q["metadata"]["name"] for q in before}]
+    builds = sorted((says(ns, p["metadata"]["name"]), n.image_id(p).rsplit("@", 1)[-1]) for p in after)
+    code, report = n.audit(env, "-n", ns)
+    mine = [f for f in report["findings"] if f["kind"] in ("mixed", "stale", "mismatch", "unknown")]
+    if served == "without":
+        assert builds == [("build 1", b1), ("build 1", b1), ("build 2", b2)], builds
+        assert (says(ns, new["metadata"]["name"]), n.image_id(new).rsplit("@", 1)[-1]) == ("build 2", b2)
+        (mixed,) = [f for f in mine if f["kind"] == "mixed"]
+        assert mixed["digests"] == [{"digest": b1, "pods": 2}, {"digest": b2, "pods": 1}], mixed
+        assert code == 1, report
+    else:
+        assert builds == [("build 1", b1)] * 3, builds
+        assert mine == [], mine
+
+
+@pytest.mark.parametrize("served", SERVED)
 def test_5_latest_overwritten_on_every_build(tagpin, registry, env, served):
     """`:latest` (pull policy Always, its default) moved by every build: a pod deleted and created
     again from its stored spec comes back with another build, unless tagpin pinned that spec."""
@@ -92,3 +136,40 @@ def test_5_latest_overwritten_on_every_build(tagpin, registry, env, served):
     running = n.wait_running(ns, "web")
     got = (says(ns, "web"), n.image_id(running).rsplit("@", 1)[-1])
     assert got == (("build 2", b2) if served == "without" else ("build 1", b1))
+
+
+def test_6_fail_open_on_a_node(tagpin, registry, env):
+    """The registry stops answering (SIGSTOP: connections accepted, no answer). A pod whose tag the
+    node already holds is created with tagpin's warning and runs (IfNotPresent needs no registry);
+    in an enforce namespace the same pod is refused with tagpin's message. tagpin's own pods keep
+    running (their image is on the same registry but already on the node)."""
+    repo = "e2e/failopen"
+    image = f"{registry.addr}/{repo}:1.0"
+    n.push_app(registry, repo, "1.0", "build 1")
+    without = seed_namespace("failopen", "without")
+    served = seed_namespace("failopen", "with")
+    enforce = harness.namespace("seed-failopen-enforce", {"tagpin.io/mode": "enforce"})
+    n.create_pod(without, n.pod("warm", image))  # the node pulls the tag; tagpin never sees it
+    n.wait_running(without, "warm")
+
+    with n.stopped(env, "registry"):
+        r = kubectl("-n", served, "create", "-f", "-", "-o", "json", input=json.dumps(n.pod("cold", image)), check=False)
+        assert r.returncode == 0, r
+        assert "Warning: tagpin: " in r.stderr and image in r.stderr, r
+        assert json.loads(r.stdout)["spec"]["containers"][0]["image"] == image, "left as written"
+        refused = kubectl("-n", enforce, "create", "-f", "-", input=json.dumps(n.pod("cold", image)), check=False)
+        assert refused.returncode != 0, refused
+        assert 'admission webhook "enforce.pods.tagpin.io" denied the request' in refused.stderr, refused
+        assert image in refused.stderr, refused
+        assert not harness.exists("pod", "cold", enforce)
+        n.wait_running(served, "cold")
+        assert says(served, "cold") == "build 1"
+        assert all(p["status"]["containerStatuses"][0]["ready"] for p in tagpin.pods())
+
+    # The registry answers again: pinning resumes (once tagpin's breaker lets it through).
+    def pinned():
+        out = kubectl("-n", served, "create", "--dry-run=server", "-f", "-", "-o", "json",
+                      input=json.dumps(n.pod("after", image))).stdout
+        return "@sha256:" in json.loads(out)["spec"]["containers"][0]["image"]
+
+    wait_for("tagpin pinning again after SIGCONT", pinned, timeout=90, interval=1)
