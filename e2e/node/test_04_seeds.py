@@ -108,6 +108,52 @@ def test_3_a_rescheduled_pod_runs_another_build(tagpin, registry, env, served):
         assert mine == [], mine
 
 
+def rolled_out(ns: str, name: str = "web", replicas: int = 1) -> list[dict]:
+    kubectl("-n", ns, "rollout", "status", f"deployment/{name}", "--timeout=150s", timeout=180)
+    return n.running_pods(ns, f"app={name}", replicas)
+
+
+def build_of(ns: str, p: dict) -> tuple[str, str]:
+    return says(ns, p["metadata"]["name"]), n.image_id(p).rsplit("@", 1)[-1]
+
+
+@pytest.mark.parametrize("served", SERVED)
+def test_4_the_old_build_can_no_longer_be_rolled_back_to(tagpin, registry, served):
+    """A Deployment at build 1 (`kubectl apply`), the tag moved, build 2 rolled out, then `kubectl
+    rollout undo`. With workload pinning the re-apply of the unchanged manifest rolls out build 2
+    (the template is re-pinned) and the undo returns to build 1's digest. Without, the re-apply
+    does nothing (a `rollout restart` brings build 2) and the undo returns to the tag: build 2."""
+    ns = seed_namespace("rollback", served, workloads=True)
+    repo = f"e2e/rollback-{served}"
+    image = f"{registry.addr}/{repo}:1.0"
+    manifest = json.dumps(n.deployment("web", image, replicas=1))
+    b1 = n.push_app(registry, repo, "1.0", "build 1")
+    kubectl("-n", ns, "apply", "-f", "-", input=manifest)
+    (p,) = rolled_out(ns)
+    assert build_of(ns, p) == ("build 1", b1)
+    generation = harness.get("deployment", "web", ns)["metadata"]["generation"]
+
+    b2 = n.push_app(registry, repo, "1.0", "build 2")
+    kubectl("-n", ns, "apply", "-f", "-", input=manifest)
+    template = lambda: harness.get("deployment", "web", ns)["spec"]["template"]["spec"]["containers"][0]["image"]
+    if served == "without":
+        assert harness.get("deployment", "web", ns)["metadata"]["generation"] == generation, "nothing to roll out"
+        kubectl("-n", ns, "rollout", "restart", "deployment/web")
+    else:
+        assert template() == f"{registry.addr}/{repo}@{b2}", "re-pinned on re-apply"
+    (p,) = rolled_out(ns)
+    assert build_of(ns, p) == ("build 2", b2)
+
+    kubectl("-n", ns, "rollout", "undo", "deployment/web")
+    (p,) = rolled_out(ns)
+    if served == "without":
+        assert template() == image
+        assert build_of(ns, p) == ("build 2", b2), "back to the tag, which names build 2 now"
+    else:
+        assert template() == f"{registry.addr}/{repo}@{b1}"
+        assert build_of(ns, p) == ("build 1", b1)
+
+
 @pytest.mark.parametrize("served", SERVED)
 def test_5_latest_overwritten_on_every_build(tagpin, registry, env, served):
     """`:latest` (pull policy Always, its default) moved by every build: a pod deleted and created
@@ -136,6 +182,32 @@ def test_5_latest_overwritten_on_every_build(tagpin, registry, env, served):
     running = n.wait_running(ns, "web")
     got = (says(ns, "web"), n.image_id(running).rsplit("@", 1)[-1])
     assert got == (("build 2", b2) if served == "without" else ("build 1", b1))
+
+
+def test_7_audit_against_the_kubelets_statuses(tagpin, registry, env):
+    """`tagpin audit` reads what the kubelet wrote: containerd's imageID for a pull by the kubelet
+    is `REPO@sha256:…`, for a tag and for a digest alike. A tag moved under a running unpinned pod
+    is `stale`; under a pinned one it is `moved` (the pod runs what its spec says)."""
+    without = seed_namespace("audit", "without")
+    served = seed_namespace("audit", "with")
+    repo = "e2e/audit-node"
+    image = f"{registry.addr}/{repo}:1.0"
+    b1 = n.push_app(registry, repo, "1.0", "build 1")
+    n.create_pod(without, n.pod("web", image))
+    n.create_pod(served, n.pod("web", image))
+    ids = [n.image_id(n.wait_running(ns, "web")) for ns in (without, served)]
+    assert ids == [f"{registry.addr}/{repo}@{b1}"] * 2, ids
+
+    code, report = n.audit(env, "-n", without)
+    assert [f["kind"] for f in report["findings"]] == ["unpinned"] and code == 0, report
+    b2 = n.push_app(registry, repo, "1.0", "build 2")
+    code, report = n.audit(env, "-n", without)
+    (stale,) = [f for f in report["findings"] if f["kind"] == "stale"]
+    assert (stale["pod"], stale["running"], stale["resolved"], stale["tag"]) == ("web", b1, b2, image), stale
+    assert code == 1, report
+    code, report = n.audit(env, "-n", served)
+    assert [(f["kind"], f["pod"], f["pinned"], f["resolved"]) for f in report["findings"]] == [("moved", "web", b1, b2)], report
+    assert code == 0, report
 
 
 def test_6_fail_open_on_a_node(tagpin, registry, env):
