@@ -182,6 +182,73 @@ class stopped:
         return False
 
 
+def start_registry(env: dict, name: str) -> harness.Registry:
+    """Another plain docker-registry on the node's address (a port it picks), as scripts/e2e starts
+    its own: storage in STATE/NAME, access log STATE/NAME/access.log, log STATE/logs/NAME.log and
+    pid in STATE/pids/NAME.pid, so that scripts/e2e stops it on exit if stop_registry does not."""
+    state = Path(env["state"])
+    d = state / name
+    (d / "storage").mkdir(parents=True, exist_ok=True)
+    (d / "config.yml").write_text(yaml.safe_dump({
+        "version": 0.1,
+        "log": {"level": "info", "accesslog": {"disabled": False}},
+        "storage": {"filesystem": {"rootdirectory": str(d / "storage")}, "delete": {"enabled": True}},
+        "http": {"addr": f"{env['node']['node_addr']}:0", "secret": "tagpin-e2e"},
+    }))
+    log = state / "logs" / f"{name}.log"
+    with open(d / "access.log", "ab") as out, open(log, "ab") as err:
+        p = subprocess.Popen(["docker-registry", "serve", str(d / "config.yml")], stdout=out, stderr=err,
+                             stdin=subprocess.DEVNULL)
+    (state / "pids" / f"{name}.pid").write_text(f"{p.pid}\n")
+    pattern = re.compile(rf"listening on ({re.escape(env['node']['node_addr'])}:\d+)")
+
+    def listening():
+        assert p.poll() is None, f"{name} exited: {log.read_text()[-2000:]}"
+        m = pattern.search(log.read_text())
+        return m and m.group(1)
+
+    addr = wait_for(f"{name} listening", listening, timeout=30)
+    reg = harness.Registry(addr, state, name)
+    reg.process = p
+    return reg
+
+
+def stop_registry(env: dict, name: str, reg: harness.Registry):
+    reg.process.terminate()
+    reg.process.wait(timeout=15)
+    (Path(env["state"]) / "pids" / f"{name}.pid").unlink(missing_ok=True)
+
+
+def containerd_manifest_answers(reg: harness.Registry, repo: str, ref: str) -> list[int]:
+    """The status codes REG answered containerd's manifest requests for REPO at REF (a tag or a
+    digest) with, in order (containerd asks a mirror with `?ns=UPSTREAM`, the registry without)."""
+    pattern = re.compile(rf'"(?:HEAD|GET) /v2/{re.escape(repo)}/manifests/{re.escape(ref)}(?:\?\S*)? HTTP/[\d.]+" (\d{{3}}) .*"containerd/')
+    return [int(m.group(1)) for line in reg.access_log.read_text().splitlines() if (m := pattern.search(line))]
+
+
+class mirrored:
+    """`with mirrored(env, mirror):` containerd's hosts.toml for the suite's plain registry puts
+    MIRROR first (containerd falls back to the registry itself when the mirror has no answer, e.g. a
+    404); the file as node_up wrote it is put back on the way out. containerd reads the file on
+    every pull."""
+
+    def __init__(self, env: dict, mirror: harness.Registry):
+        self.path = Path(env["state"]) / "node" / "certs.d" / env["registry"] / "hosts.toml"
+        self.text = (
+            f'server = "http://{env["registry"]}"\n'
+            f'[host."http://{mirror.addr}"]\n  capabilities = ["pull", "resolve"]\n'
+        )
+
+    def __enter__(self):
+        self.saved = self.path.read_text()
+        self.path.write_text(self.text)
+        return self
+
+    def __exit__(self, *exc):
+        self.path.write_text(self.saved)
+        return False
+
+
 def audit(env: dict, *args: str) -> tuple[int, dict]:
     """`tagpin audit ARGS -o json` with the release binary from the host, as the admin (the node's
     registries are on the node's private address, which audit refuses unless allowed); its exit

@@ -64,6 +64,42 @@ def test_1_ifnotpresent_keeps_the_old_build(tagpin, registry, served):
         assert (says(ns, "second"), n.image_id(running).rsplit("@", 1)[-1]) == ("build 2", b2)
 
 
+@pytest.fixture(scope="module")
+def mirror(env, node):
+    """A third plain registry, filled once by the cases (a mirror that synced once and not since)."""
+    reg = n.start_registry(env, "mirror")
+    yield reg
+    n.stop_registry(env, "mirror", reg)
+
+
+@pytest.mark.parametrize("served", SERVED)
+def test_2_the_mirror_serves_a_stale_tag(tagpin, registry, mirror, env, served):
+    """containerd's hosts.toml puts a mirror before the registry; the mirror still holds build 1
+    under the tag. Pull policy Always does not help: the tag is resolved at the mirror. By digest
+    the mirror has nothing (404) and containerd falls back to the registry."""
+    ns = seed_namespace("mirror", served)
+    repo = f"e2e/mirror-{served}"
+    image = f"{registry.addr}/{repo}:1.0"
+    b1 = n.push_app(registry, repo, "1.0", "build 1")
+    assert n.push_app(mirror, repo, "1.0", "build 1") == b1, "the mirror synced build 1"
+    b2 = n.push_app(registry, repo, "1.0", "build 2")
+    assert (n.tag_digest(registry, repo, "1.0"), n.tag_digest(mirror, repo, "1.0")) == (b2, b1)
+    with n.mirrored(env, mirror):
+        created = n.create_pod(ns, n.pod("web", image, policy="Always"))
+        running = n.wait_running(ns, "web")
+    got = (says(ns, "web"), n.image_id(running).rsplit("@", 1)[-1])
+    if served == "without":
+        assert created["spec"]["containers"][0]["image"] == image
+        assert got == ("build 1", b1)
+        assert 200 in n.containerd_manifest_answers(mirror, repo, "1.0"), "the mirror resolved the tag"
+        assert n.containerd_manifest_answers(registry, repo, "1.0") == [], "the registry was never asked"
+    else:
+        assert created["spec"]["containers"][0]["image"] == f"{registry.addr}/{repo}@{b2}"
+        assert got == ("build 2", b2)
+        assert set(n.containerd_manifest_answers(mirror, repo, b2)) == {404}, "the mirror, asked first, has no build 2"
+        assert 200 in n.containerd_manifest_answers(registry, repo, b2), "then the registry itself"
+
+
 @pytest.mark.parametrize("served", SERVED)
 def test_3_a_rescheduled_pod_runs_another_build(tagpin, registry, env, served):
     """A 3-replica Deployment (pull policy Always: a replacement pulls, as on a node that never held
