@@ -5,6 +5,7 @@ server and the registries on the node's bridge address, pods on the bridge (e2e/
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import os
 import re
@@ -37,6 +38,31 @@ def push_app(registry: harness.Registry, repo: str, tag: str, says: str) -> str:
     returns its digest. Each call makes a new build (SAYS is in the image)."""
     command = f'echo "{says}"; trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'
     return registry.push_image(repo, tag, *harness.busybox_image(command, label=says))
+
+
+def push_docker_image(registry: harness.Registry, repo: str, tag: str, config: bytes, layers: list[bytes]) -> str:
+    """Pushes CONFIG and gzip LAYERS as REPO:TAG under a Docker (schema 2) manifest, where
+    Registry.push_image writes an OCI one: the same image under another digest. Returns it."""
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "digest": registry._blob(repo, config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                 "digest": registry._blob(repo, layer), "size": len(layer)}
+                for layer in layers
+            ],
+        },
+        sort_keys=True,
+    ).encode()
+    registry._request("PUT", f"/v2/{repo}/manifests/{tag}", manifest,
+                      {"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
+    return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
 
 def pod(name: str, image: str, pull_secret: str | None = None, policy: str = "IfNotPresent") -> dict:
