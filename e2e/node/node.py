@@ -5,8 +5,11 @@ server and the registries on the node's bridge address, pods on the bridge (e2e/
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
+import os
 import re
+import signal
 import shutil
 import subprocess
 import threading
@@ -35,6 +38,31 @@ def push_app(registry: harness.Registry, repo: str, tag: str, says: str) -> str:
     returns its digest. Each call makes a new build (SAYS is in the image)."""
     command = f'echo "{says}"; trap "exit 0" TERM INT; while :; do sleep 3600 & wait $!; done'
     return registry.push_image(repo, tag, *harness.busybox_image(command, label=says))
+
+
+def push_docker_image(registry: harness.Registry, repo: str, tag: str, config: bytes, layers: list[bytes]) -> str:
+    """Pushes CONFIG and gzip LAYERS as REPO:TAG under a Docker (schema 2) manifest, where
+    Registry.push_image writes an OCI one: the same image under another digest. Returns it."""
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.docker.distribution.manifest.v2+json",
+            "config": {
+                "mediaType": "application/vnd.docker.container.image.v1+json",
+                "digest": registry._blob(repo, config),
+                "size": len(config),
+            },
+            "layers": [
+                {"mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+                 "digest": registry._blob(repo, layer), "size": len(layer)}
+                for layer in layers
+            ],
+        },
+        sort_keys=True,
+    ).encode()
+    registry._request("PUT", f"/v2/{repo}/manifests/{tag}", manifest,
+                      {"Content-Type": "application/vnd.docker.distribution.manifest.v2+json"})
+    return "sha256:" + hashlib.sha256(manifest).hexdigest()
 
 
 def pod(name: str, image: str, pull_secret: str | None = None, policy: str = "IfNotPresent") -> dict:
@@ -108,6 +136,159 @@ def admissions(pods: list[dict]) -> float:
                 if line.startswith("tagpin_admissions_total{"):
                     total += float(line.rsplit(" ", 1)[1])
     return total
+
+
+def tag_digest(registry: harness.Registry, repo: str, tag: str) -> str:
+    """What the registry says REPO:TAG is now (Docker-Content-Digest of a manifest HEAD)."""
+    _, headers, _ = registry._request(
+        "HEAD", f"/v2/{repo}/manifests/{tag}", headers={"Accept": "application/vnd.oci.image.manifest.v1+json"}
+    )
+    return {k.lower(): v for k, v in headers.items()}["docker-content-digest"]
+
+
+def image_id(p: dict, container: int = 0) -> str:
+    """The imageID the kubelet wrote for the pod's container (what the node runs)."""
+    return p["status"]["containerStatuses"][container]["imageID"]
+
+
+def deployment(name: str, image: str, replicas: int = 3, policy: str = "Always") -> dict:
+    labels = {"app": name}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": pod(name, image, policy=policy)["spec"]},
+        },
+    }
+
+
+def running_pods(namespace: str, selector: str, count: int, timeout: float = 180) -> list[dict]:
+    """The COUNT pods matching SELECTOR (none being deleted), once all of them run; sorted by name."""
+
+    def all_running():
+        items = json.loads(kubectl("-n", namespace, "get", "pods", "-l", selector, "-o", "json").stdout)["items"]
+        live = [p for p in items if not p["metadata"].get("deletionTimestamp")]
+        ok = len(live) == count and all(
+            (s := p.get("status", {}).get("containerStatuses")) and all("running" in c.get("state", {}) for c in s)
+            for p in live
+        )
+        return sorted(live, key=lambda p: p["metadata"]["name"]) if ok else None
+
+    try:
+        return wait_for(f"{count} pods {selector} running in {namespace}", all_running, timeout=timeout, interval=0.5)
+    except AssertionError as e:
+        detail = kubectl("-n", namespace, "describe", "pods", "-l", selector, check=False).stdout[-3000:]
+        raise AssertionError(f"{e}\n--- kubectl describe pods\n{detail}") from None
+
+
+def respec(p: dict) -> dict:
+    """A new pod object from a stored pod: its name, labels, annotations and spec as stored (tagpin's
+    pinned image included), without what the cluster filled in for this one pod."""
+    spec = {k: v for k, v in p["spec"].items() if k != "nodeName"}
+    meta = {k: p["metadata"][k] for k in ("name", "labels", "annotations") if k in p["metadata"]}
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
+
+
+class stopped:
+    """`with stopped(env, "registry"):` the suite's process NAME (STATE/pids/NAME.pid) is SIGSTOPped:
+    the kernel still accepts connections on its port, nothing answers. SIGCONT on the way out."""
+
+    def __init__(self, env: dict, name: str):
+        self.pid = int((Path(env["state"]) / "pids" / f"{name}.pid").read_text())
+
+    def __enter__(self):
+        os.kill(self.pid, signal.SIGSTOP)
+        return self
+
+    def __exit__(self, *exc):
+        os.kill(self.pid, signal.SIGCONT)
+        return False
+
+
+def start_registry(env: dict, name: str) -> harness.Registry:
+    """Another plain docker-registry on the node's address (a port it picks), as scripts/e2e starts
+    its own: storage in STATE/NAME, access log STATE/NAME/access.log, log STATE/logs/NAME.log and
+    pid in STATE/pids/NAME.pid, so that scripts/e2e stops it on exit if stop_registry does not."""
+    state = Path(env["state"])
+    d = state / name
+    (d / "storage").mkdir(parents=True, exist_ok=True)
+    (d / "config.yml").write_text(yaml.safe_dump({
+        "version": 0.1,
+        "log": {"level": "info", "accesslog": {"disabled": False}},
+        "storage": {"filesystem": {"rootdirectory": str(d / "storage")}, "delete": {"enabled": True}},
+        "http": {"addr": f"{env['node']['node_addr']}:0", "secret": "tagpin-e2e"},
+    }))
+    log = state / "logs" / f"{name}.log"
+    with open(d / "access.log", "ab") as out, open(log, "ab") as err:
+        p = subprocess.Popen(["docker-registry", "serve", str(d / "config.yml")], stdout=out, stderr=err,
+                             stdin=subprocess.DEVNULL)
+    (state / "pids" / f"{name}.pid").write_text(f"{p.pid}\n")
+    pattern = re.compile(rf"listening on ({re.escape(env['node']['node_addr'])}:\d+)")
+
+    def listening():
+        assert p.poll() is None, f"{name} exited: {log.read_text()[-2000:]}"
+        m = pattern.search(log.read_text())
+        return m and m.group(1)
+
+    addr = wait_for(f"{name} listening", listening, timeout=30)
+    reg = harness.Registry(addr, state, name)
+    reg.process = p
+    return reg
+
+
+def stop_registry(env: dict, name: str, reg: harness.Registry):
+    reg.process.terminate()
+    reg.process.wait(timeout=15)
+    (Path(env["state"]) / "pids" / f"{name}.pid").unlink(missing_ok=True)
+
+
+def containerd_manifest_answers(reg: harness.Registry, repo: str, ref: str) -> list[int]:
+    """The status codes REG answered containerd's manifest requests for REPO at REF (a tag or a
+    digest) with, in order (containerd asks a mirror with `?ns=UPSTREAM`, the registry without)."""
+    pattern = re.compile(rf'"(?:HEAD|GET) /v2/{re.escape(repo)}/manifests/{re.escape(ref)}(?:\?\S*)? HTTP/[\d.]+" (\d{{3}}) .*"containerd/')
+    return [int(m.group(1)) for line in reg.access_log.read_text().splitlines() if (m := pattern.search(line))]
+
+
+class mirrored:
+    """`with mirrored(env, mirror):` containerd's hosts.toml for the suite's plain registry puts
+    MIRROR first (containerd falls back to the registry itself when the mirror has no answer, e.g. a
+    404); the file as node_up wrote it is put back on the way out. containerd reads the file on
+    every pull."""
+
+    def __init__(self, env: dict, mirror: harness.Registry):
+        self.path = Path(env["state"]) / "node" / "certs.d" / env["registry"] / "hosts.toml"
+        self.text = (
+            f'server = "http://{env["registry"]}"\n'
+            f'[host."http://{mirror.addr}"]\n  capabilities = ["pull", "resolve"]\n'
+        )
+
+    def __enter__(self):
+        self.saved = self.path.read_text()
+        self.path.write_text(self.text)
+        return self
+
+    def __exit__(self, *exc):
+        self.path.write_text(self.saved)
+        return False
+
+
+def audit(env: dict, *args: str) -> tuple[int, dict]:
+    """`tagpin audit ARGS -o json` with the release binary from the host, as the admin (the node's
+    registries are on the node's private address, which audit refuses unless allowed); its exit
+    code and report."""
+    argv = [
+        env["tagpin_bin"], "audit", "--kubeconfig", env["kubeconfig"],
+        "--insecure-registry", env["registry"], "--registry-ca", env["registry_ca"],
+        "--allow-registry-cidr", f"{env['node']['node_addr']}/32", *args, "-o", "json",
+    ]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=120)
+    try:
+        return p.returncode, json.loads(p.stdout)
+    except ValueError as e:
+        raise AssertionError(f"tagpin audit: not JSON ({e}); exit {p.returncode}\n{p.stdout}\n{p.stderr}") from None
 
 
 # --- tagpin, installed -------------------------------------------------------------------------
@@ -207,11 +388,11 @@ def registry_ca_configmap(env: dict):
     kubectl("apply", "-f", "-", input=json.dumps(cm))
 
 
-def install_helm(env: dict) -> Installed:
+def install_helm(env: dict, serve: dict | None = None) -> Installed:
     """`helm install` of charts/tagpin as its README says, with a values file pointing the image at
     the suite's registry and setting the registry flags (`serve:`, as the chart's README lists
-    them; Helm merges them with the chart's defaults) and CA. The chart
-    generates the serving certificate (no cert-manager here)."""
+    them; Helm merges them with the chart's defaults) and CA, plus the flags in SERVE (e.g.
+    {"cache-ttl": "1s"}). The chart generates the serving certificate (no cert-manager here)."""
     node = env["node"]
     values = {
         "image": {"repository": node["tagpin_image_repository"], "tag": node["tagpin_image_tag"]},
@@ -223,9 +404,20 @@ def install_helm(env: dict) -> Installed:
         "extraVolumes": [{"name": "registry-ca", "configMap": {"name": REGISTRY_CA_CONFIGMAP}}],
         "extraVolumeMounts": [{"name": "registry-ca", "mountPath": REGISTRY_CA_DIR, "readOnly": True}],
     }
+    values["serve"].update(serve or {})
     path = Path(env["state"]) / "helm-values.yaml"
     path.write_text(yaml.safe_dump(values))
-    kubectl("create", "namespace", SYSTEM_NS)
+    # An earlier install's namespace (kubectl delete -k removes it) must be gone first.
+    wait_for(
+        f"namespace {SYSTEM_NS} gone or active",
+        lambda: (lambda o: not o or not json.loads(o)["metadata"].get("deletionTimestamp"))(
+            kubectl("get", "namespace", SYSTEM_NS, "--ignore-not-found", "-o", "json").stdout.strip()
+        ),
+        timeout=120,
+        interval=1,
+    )
+    if not harness.exists("namespace", SYSTEM_NS):
+        kubectl("create", "namespace", SYSTEM_NS)
     registry_ca_configmap(env)
     chart = str(Path(env["root"]) / "charts" / "tagpin")
     helm(env, "install", "tagpin", chart, "-n", SYSTEM_NS, "--create-namespace", "-f", str(path))
