@@ -40,6 +40,16 @@ def says(namespace: str, name: str) -> str:
     return n.logs(namespace, name).strip()
 
 
+def tell(line: str = ""):
+    """One line of the story as it happens. Captured by pytest (shown with a failure); on the
+    terminal under `scripts/demo node`, which runs this case with -s."""
+    print(line, flush=True)
+
+
+def short(digest: str) -> str:
+    return digest[:19] + "…"
+
+
 @pytest.mark.parametrize("served", SERVED)
 def test_1_ifnotpresent_keeps_the_old_build(tagpin, registry, served):
     """The 51-minute outage: build 2 pushed under the tag the node already holds; the next pod
@@ -47,21 +57,31 @@ def test_1_ifnotpresent_keeps_the_old_build(tagpin, registry, served):
     ns = seed_namespace("ifnotpresent", served)
     repo = f"e2e/ifnotpresent-{served}"
     image = f"{registry.addr}/{repo}:1.0"
+    tell(f"\n==> {served} tagpin: namespace {ns}" + (" (tagpin.io/mode=enabled)" if served == "with" else " (no label)"))
     b1 = n.push_app(registry, repo, "1.0", "build 1")
+    tell(f"pushed build 1 as {image}: {short(b1)}")
     n.create_pod(ns, n.pod("first", image))
     assert n.image_id(n.wait_running(ns, "first")).endswith(b1)
     assert says(ns, "first") == "build 1"
+    tell(f'pod "first" runs; kubectl logs first: {says(ns, "first")}')
 
     b2 = n.push_app(registry, repo, "1.0", "build 2")
     assert b2 != b1 and n.tag_digest(registry, repo, "1.0") == b2, "the registry says build 2"
+    tell(f"pushed build 2 under the same tag; the registry now says 1.0 is {short(b2)}")
     created = n.create_pod(ns, n.pod("second", image))
     running = n.wait_running(ns, "second")
+    stored = created["spec"]["containers"][0]["image"]
+    ran = (says(ns, "second"), n.image_id(running).rsplit("@", 1)[-1])
+    tell(f'pod "second" (imagePullPolicy IfNotPresent) stored as {stored.replace(b2, short(b2))}')
+    tell(f'kubectl logs second: {ran[0]}   (the node ran {short(ran[1])})')
     if served == "without":
-        assert created["spec"]["containers"][0]["image"] == image
-        assert (says(ns, "second"), n.image_id(running).rsplit("@", 1)[-1]) == ("build 1", b1)
+        assert stored == image
+        assert ran == ("build 1", b1)
+        tell("=> the node already held a 1.0 and ran it again: build 1, not what the registry says")
     else:
-        assert created["spec"]["containers"][0]["image"] == f"{registry.addr}/{repo}@{b2}"
-        assert (says(ns, "second"), n.image_id(running).rsplit("@", 1)[-1]) == ("build 2", b2)
+        assert stored == f"{registry.addr}/{repo}@{b2}"
+        assert ran == ("build 2", b2)
+        tell("=> pinned at admission to what 1.0 is now: the node pulled and ran build 2")
 
 
 @pytest.fixture(scope="module")
