@@ -2,12 +2,10 @@
 //! Invariants: nothing panics; the answer is bounded; a patch applies to the pruned object.
 #![no_main]
 
-use std::time::Duration;
-
 use libfuzzer_sys::fuzz_target;
-use tagpin::admission::{self, AdmissionConfig, Endpoint};
-use tagpin::reference::Digest;
-use tagpin::resolve::Outcome;
+use tagpin::admission::{self, Endpoint};
+use tagpin::reference::{Digest, ImageRef, ReferenceError};
+use tagpin::resolve::{ImageOutcome, Outcome};
 
 const D: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";
 
@@ -16,21 +14,22 @@ fuzz_target!(|body: &[u8]| {
     let Ok((api_version, req)) = admission::parse_review(body) else {
         return;
     };
-    let cfg = AdmissionConfig {
-        keep_tag: body.len() % 2 == 0,
-        skip_prefixes: vec!["kind.local/".into()],
-        resolve_timeout: Duration::from_secs(5),
-        stale_on_error: true,
-    };
-    let plan = admission::plan(&req, &cfg);
+    let keep_tag = body.len() % 2 == 0;
+    let plan = admission::plan(&req);
     let digest = Digest::parse(D).expect("a valid digest");
-    let outcomes: Vec<Outcome> = plan
-        .targets
+    // Every site answered as the resolver would with every registry up: tags pinned, digests
+    // left alone, invalid references reported.
+    let outcomes: Vec<ImageOutcome> = plan
+        .sites
         .iter()
-        .map(|_| Outcome::Pinned(digest.clone()))
+        .map(|site| match ImageRef::parse(&site.image) {
+            Ok(r) => ImageOutcome::Resolved(r, Outcome::Pinned(digest.clone())),
+            Err(ReferenceError::HasDigest { .. }) => ImageOutcome::HasDigest,
+            Err(e) => ImageOutcome::Invalid(e),
+        })
         .collect();
     for mode in [Endpoint::Mutate, Endpoint::Enforce] {
-        let d = admission::decide(&plan, &outcomes, mode, cfg.keep_tag);
+        let d = admission::decide(&plan, &outcomes, mode, keep_tag);
         let out = admission::response(api_version.clone(), req.uid.clone(), &d);
         assert!(out.response.warnings.len() <= admission::MAX_WARNINGS);
         assert!(out
