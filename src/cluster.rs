@@ -1,6 +1,7 @@
-//! Kubernetes reads: pull secrets and service accounts, with `get` only (no list, no watch), each
-//! bounded by a timeout and counted in `tagpin_kube_reads_total`. A missing or forbidden object is
-//! an answer ([`Fetched`]), not an error.
+//! Kubernetes reads, each bounded by a timeout and counted in `tagpin_kube_reads_total`: for the
+//! webhook, pull secrets and service accounts with `get` only (no list, no watch); for `tagpin
+//! audit`, pages of pods and the namespaces' labels (`list`, and `get` of one namespace). A missing
+//! or forbidden object is an answer ([`Fetched`]), not an error.
 //!
 //! This module returns raw data: what a secret means as registry credentials is decided in
 //! `resolve/credentials.rs`, and the caching of reads lives with the resolver
