@@ -327,8 +327,8 @@ class Installed:
         return harness.get("deployment", "tagpin", SYSTEM_NS)
 
     def pods(self) -> list[dict]:
-        out = kubectl("-n", SYSTEM_NS, "get", "pods", "-l", "app.kubernetes.io/name=tagpin", "-o", "json").stdout
-        return [p for p in json.loads(out)["items"] if not p["metadata"].get("deletionTimestamp")]
+        """tagpin's pods that are not terminating."""
+        return [p for p in all_tagpin_pods() if not p["metadata"].get("deletionTimestamp")]
 
     def ready(self, replicas: int = 2) -> bool:
         d = self.deployment()
@@ -388,6 +388,34 @@ def registry_ca_configmap(env: dict):
     kubectl("apply", "-f", "-", input=json.dumps(cm))
 
 
+def previous_install_gone(timeout: float = 180):
+    """Waits until no pod of an earlier install is left, terminating ones included: both install
+    methods label their pods alike, so a new Service would also select an old pod that is still
+    draining (kube-proxy sends to serving, terminating endpoints while no new one is ready), and
+    that pod presents the old install's certificate. Then until an earlier install's namespace
+    (kubectl delete -k removes it) is gone or active."""
+    wait_for(
+        "the pods of an earlier install gone",
+        lambda: not all_tagpin_pods(),
+        timeout=timeout,
+        interval=1,
+    )
+    wait_for(
+        f"namespace {SYSTEM_NS} gone or active",
+        lambda: (lambda o: not o or not json.loads(o)["metadata"].get("deletionTimestamp"))(
+            kubectl("get", "namespace", SYSTEM_NS, "--ignore-not-found", "-o", "json").stdout.strip()
+        ),
+        timeout=timeout,
+        interval=1,
+    )
+
+
+def all_tagpin_pods() -> list[dict]:
+    """tagpin's pods, terminating ones included."""
+    out = kubectl("-n", SYSTEM_NS, "get", "pods", "-l", "app.kubernetes.io/name=tagpin", "-o", "json").stdout
+    return json.loads(out)["items"]
+
+
 def install_helm(env: dict, serve: dict | None = None) -> Installed:
     """`helm install` of charts/tagpin as its README says, with a values file pointing the image at
     the suite's registry and setting the registry flags (`serve:`, as the chart's README lists
@@ -407,15 +435,7 @@ def install_helm(env: dict, serve: dict | None = None) -> Installed:
     values["serve"].update(serve or {})
     path = Path(env["state"]) / "helm-values.yaml"
     path.write_text(yaml.safe_dump(values))
-    # An earlier install's namespace (kubectl delete -k removes it) must be gone first.
-    wait_for(
-        f"namespace {SYSTEM_NS} gone or active",
-        lambda: (lambda o: not o or not json.loads(o)["metadata"].get("deletionTimestamp"))(
-            kubectl("get", "namespace", SYSTEM_NS, "--ignore-not-found", "-o", "json").stdout.strip()
-        ),
-        timeout=120,
-        interval=1,
-    )
+    previous_install_gone()
     if not harness.exists("namespace", SYSTEM_NS):
         kubectl("create", "namespace", SYSTEM_NS)
     registry_ca_configmap(env)
@@ -431,6 +451,7 @@ def install_kustomize(env: dict) -> Installed:
     manifests/overlays/plain that does what a user with these registries does: `images:` names the
     suite's registry, a ConfigMap carries the registry CA, a patch adds the flags and mounts it."""
     node = env["node"]
+    previous_install_gone()
     work = Path(env["state"]) / "kustomize"
     shutil.rmtree(work, ignore_errors=True)
     shutil.copytree(Path(env["root"]) / "manifests", work / "manifests")

@@ -139,8 +139,8 @@ def test_5_uninstall_as_the_readme_says(installed, registry):
     ns = f"pin-{installed.method}"
     installed.uninstall()
     harness.wait_for(
-        "tagpin's pods gone",
-        lambda: not installed.pods() and not harness.exists("deployment", "tagpin", n.SYSTEM_NS),
+        "tagpin's pods gone (terminating ones included)",
+        lambda: not n.all_tagpin_pods() and not harness.exists("deployment", "tagpin", n.SYSTEM_NS),
         timeout=120,
         interval=1,
     )
