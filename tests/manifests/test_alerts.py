@@ -30,7 +30,7 @@ import unittest
 import yaml
 
 import rendered
-from test_chart import find, render_ok
+from test_chart import find, helm_binary, render_ok
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 RULES_SOURCE = os.path.join(ROOT, "manifests", "components", "alerts", "prometheusrule.yaml")
@@ -130,6 +130,27 @@ class OneSource(unittest.TestCase):
         timeout = [v for v in json.loads(cm["data"]["tagpin.json"])["templating"]["list"]
                    if v["name"] == "webhook_timeout"]
         self.assertEqual(timeout[0]["query"], "20")
+
+    def test_chart_refuses_a_source_without_what_it_substitutes(self):
+        """An edit of the rules or dashboard that drops a substituted string fails the render
+        instead of shipping the kustomize namespace or timeout."""
+        for copy, old, says in [("prometheusrule.yaml", "> 0.8 * 10\n", "timeout threshold"),
+                                ("prometheusrule.yaml", 'deployment="tagpin"', "Deployment selector"),
+                                ("dashboard.json", '"query": "10"', "webhook_timeout constant")]:
+            with tempfile.TemporaryDirectory() as d:
+                chart = os.path.join(d, "tagpin")
+                shutil.copytree(os.path.join(ROOT, "charts", "tagpin"), chart)
+                path = os.path.join(chart, "files", copy)
+                with open(path) as f:
+                    text = f.read()
+                self.assertIn(old, text)
+                with open(path, "w") as f:
+                    f.write(text.replace(old, old.replace("10", "12").replace("tagpin", "other")))
+                run = subprocess.run([helm_binary(), "template", "tagpin", chart, "-n", "tagpin-system",
+                                      "--set", "alerts.enabled=true", "--set", "dashboard.enabled=true"],
+                                     capture_output=True, text=True, timeout=120)
+                self.assertNotEqual(run.returncode, 0, f"{copy} without {old!r} rendered")
+                self.assertIn(says, run.stderr)
 
     def test_off_by_default(self):
         docs = render_ok(self)
