@@ -65,6 +65,8 @@ pub struct Metrics {
     pub breaker_state: Family<RegistryLabel, Gauge>,
     pub kube_reads: Family<KubeReadLabels, Counter>,
     pub plugin_runs: Family<PluginRunLabels, Counter>,
+    /// The serving certificate's `notAfter` (Unix seconds), set by `tls` at load and each reload.
+    pub tls_not_after: Gauge,
 }
 
 fn admission_histogram() -> Histogram {
@@ -165,6 +167,12 @@ impl Metrics {
             "Credential-provider plugin runs, by provider and outcome",
             plugin_runs.clone(),
         );
+        let tls_not_after = Gauge::default();
+        registry.register(
+            "tls_certificate_expiry_timestamp_seconds",
+            "Expiry (notAfter, Unix time) of the serving certificate in use; follows reloads",
+            tls_not_after.clone(),
+        );
         Self {
             registry,
             registry_labels: Default::default(),
@@ -179,6 +187,7 @@ impl Metrics {
             breaker_state,
             kube_reads,
             plugin_runs,
+            tls_not_after,
         }
     }
 

@@ -1,12 +1,15 @@
 //! Serving certificates: PEM files reloaded when their content changes (including the `..data`
 //! symlink swap of a Kubernetes Secret volume, which per-file inotify misses), or a self-signed
-//! certificate for localhost made in memory when none is given; [`for_reviews`] chooses.
+//! certificate for localhost made in memory when none is given; [`for_reviews`] chooses. The
+//! certificate in use has its `notAfter` in a gauge (`tagpin_tls_certificate_expiry_timestamp_seconds`),
+//! set at load and at every reload, so an alert can warn before it expires.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum_server::tls_rustls::RustlsConfig;
+use prometheus_client::metrics::gauge::Gauge;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
@@ -42,12 +45,14 @@ pub enum TlsError {
 /// The review listener's TLS: the `cert` and `key` files (reloaded every `reload_every` when
 /// they change), or, with neither, a self-signed certificate for localhost made in memory; with
 /// `client_ca`, clients must present a certificate it signed. Half a pair is refused. Spawns
-/// the reload loop, so it runs inside the runtime.
+/// the reload loop, so it runs inside the runtime. `expiry` gets the `notAfter` of the
+/// certificate in use, now and after every reload.
 pub fn for_reviews(
     cert: Option<&Path>,
     key: Option<&Path>,
     reload_every: Duration,
     client_ca: Option<&Path>,
+    expiry: Gauge,
 ) -> Result<RustlsConfig, TlsError> {
     let client_ca = match client_ca {
         Some(path) => {
@@ -59,7 +64,7 @@ pub fn for_reviews(
     };
     match (cert, key) {
         (Some(cert), Some(key)) => {
-            let (server_cfg, hash) = load(cert, key, client_ca.clone())?;
+            let (server_cfg, hash) = load(cert, key, client_ca.clone(), &expiry)?;
             let tls = RustlsConfig::from_config(server_cfg);
             tokio::spawn(reload_loop(
                 tls.clone(),
@@ -68,12 +73,14 @@ pub fn for_reviews(
                 reload_every,
                 hash,
                 client_ca,
+                expiry,
             ));
             tracing::info!(cert = %cert.display(), key = %key.display(), every = ?reload_every, "serving certificate loaded; reloaded when the files change");
             Ok(tls)
         }
         (None, None) => {
             let (c, k) = self_signed()?;
+            record_expiry(&expiry, &c, Path::new("generated"));
             tracing::warn!("no --tls-cert/--tls-key given: serving a self-signed certificate for localhost made in memory (fine on a laptop; a cluster needs a real one)");
             Ok(RustlsConfig::from_config(server_config_with(
                 &c,
@@ -172,6 +179,27 @@ pub fn self_signed() -> Result<(Vec<u8>, Vec<u8>), TlsError> {
     ))
 }
 
+/// The `notAfter` of the first (leaf) certificate in a PEM chain, as Unix seconds; `None` when
+/// the first block is not an X.509 certificate. Pure.
+pub fn not_after(cert_pem: &[u8]) -> Option<i64> {
+    let leaf = CertificateDer::pem_slice_iter(cert_pem).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&leaf).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// Sets `expiry` to the leaf's `notAfter`; if it cannot be read (rustls accepted the pair, so
+/// this is unexpected), says so and leaves the gauge as it was rather than invent a date.
+fn record_expiry(expiry: &Gauge, cert_pem: &[u8], path: &Path) {
+    match not_after(cert_pem) {
+        Some(t) => {
+            expiry.set(t);
+        }
+        None => {
+            tracing::warn!(cert = %path.display(), "cannot read the serving certificate's notAfter: tagpin_tls_certificate_expiry_timestamp_seconds keeps its previous value; check that the first PEM block is the leaf certificate")
+        }
+    }
+}
+
 /// The bytes of a certificate and key file, and a hash identifying the pair's content.
 pub struct PemPair {
     pub cert: Vec<u8>,
@@ -200,11 +228,12 @@ pub fn read_pair(cert: &Path, key: &Path) -> Result<PemPair, TlsError> {
     })
 }
 
-/// Loads the pair once, for start-up.
+/// Loads the pair once, for start-up, and sets `expiry` to its certificate's `notAfter`.
 pub fn load(
     cert: &Path,
     key: &Path,
     clients: Option<Arc<dyn ClientCertVerifier>>,
+    expiry: &Gauge,
 ) -> Result<(Arc<ServerConfig>, [u8; 32]), TlsError> {
     let PemPair {
         cert: c,
@@ -217,13 +246,14 @@ pub fn load(
         (&cert.display().to_string(), &key.display().to_string()),
         clients,
     )?;
+    record_expiry(expiry, &c, cert);
     Ok((cfg, hash))
 }
 
 /// Polls the files every `interval`; on a content change that parses as a valid pair, new
 /// handshakes get the new certificate (open connections keep theirs). A bad new pair is logged
 /// once and the old one kept. Polling content, not inotify, is what sees a Secret volume's
-/// atomic symlink swap.
+/// atomic symlink swap. `expiry` follows the certificate in use.
 pub async fn reload_loop(
     tls: RustlsConfig,
     cert: PathBuf,
@@ -231,6 +261,7 @@ pub async fn reload_loop(
     interval: Duration,
     mut current: [u8; 32],
     clients: Option<Arc<dyn ClientCertVerifier>>,
+    expiry: Gauge,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -264,6 +295,7 @@ pub async fn reload_loop(
         ) {
             Ok(cfg) => {
                 tls.reload_from_config(cfg);
+                record_expiry(&expiry, &c, &cert);
                 tracing::info!(cert = %cert.display(), "TLS certificate reloaded: new connections use it");
             }
             Err(e) => {
@@ -298,6 +330,33 @@ mod tests {
             server_config(&c1, b"junk", ("c", "k")),
             Err(TlsError::NoKey { .. })
         ));
+    }
+
+    #[test]
+    fn not_after_reads_the_leaf_of_a_chain() {
+        let leaf = |y, m, d| {
+            let mut p = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+            p.not_after = rcgen::date_time_ymd(y, m, d);
+            let key = rcgen::KeyPair::generate().unwrap();
+            p.self_signed(&key).unwrap().pem().into_bytes()
+        };
+        // 2031-05-17T00:00:00Z and 2040-01-01T00:00:00Z.
+        let (a, b) = (leaf(2031, 5, 17), leaf(2040, 1, 1));
+        assert_eq!(not_after(&a), Some(1_936_742_400));
+        let mut chain = a.clone();
+        chain.extend_from_slice(&b);
+        assert_eq!(
+            not_after(&chain),
+            Some(1_936_742_400),
+            "the first block counts"
+        );
+        assert_eq!(not_after(&b), Some(2_208_988_800));
+        assert_eq!(not_after(b"junk"), None);
+        assert_eq!(
+            not_after(b"-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"),
+            None,
+            "a PEM block that is not X.509"
+        );
     }
 
     #[test]

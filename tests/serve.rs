@@ -173,11 +173,26 @@ fn der(pem: &str) -> Vec<u8> {
         .to_vec()
 }
 
+/// The value of `tagpin_tls_certificate_expiry_timestamp_seconds` in a scrape of `metrics`.
+async fn cert_expiry_metric(metrics: &str) -> Option<i64> {
+    let m = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    m.lines()
+        .find_map(|l| l.strip_prefix("tagpin_tls_certificate_expiry_timestamp_seconds "))
+        .map(|v| v.trim().parse().unwrap())
+}
+
 #[tokio::test]
 async fn certificate_reloads_on_secret_symlink_swap_and_a_bad_pair_is_ignored() {
     let dir = tempfile::tempdir().unwrap();
-    let one = TestCa::new();
-    let two = TestCa::new();
+    // notAfter 2031-05-17 and 2040-01-01, midnight UTC: the expiry metric must follow the swap.
+    let (one_expires, two_expires) = (1_936_742_400, 2_208_988_800);
+    let one = TestCa::valid_until(2031, 5, 17);
+    let two = TestCa::valid_until(2040, 1, 1);
     write_secret_version(
         dir.path(),
         "2026_01",
@@ -195,6 +210,7 @@ async fn certificate_reloads_on_secret_symlink_swap_and_a_bad_pair_is_ignored() 
         "100ms",
     ]);
     assert_eq!(served_cert(&tp.https).await, der(&one.cert_pem));
+    assert_eq!(cert_expiry_metric(&tp.metrics).await, Some(one_expires));
     // A client that trusts the first CA keeps a pooled connection across the reload.
     let kept = client(Some(&one.ca_pem));
     assert_eq!(healthz(&kept, &tp.https).await, 200);
@@ -210,6 +226,11 @@ async fn certificate_reloads_on_secret_symlink_swap_and_a_bad_pair_is_ignored() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     tp.wait_for_log("TLS certificate reloaded");
+    assert_eq!(
+        cert_expiry_metric(&tp.metrics).await,
+        Some(two_expires),
+        "the expiry metric follows the reload"
+    );
     // The open connection was not dropped.
     assert_eq!(healthz(&kept, &tp.https).await, 200);
 
@@ -225,6 +246,11 @@ async fn certificate_reloads_on_secret_symlink_swap_and_a_bad_pair_is_ignored() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(served_cert(&tp.https).await, der(&two.cert_pem));
+    assert_eq!(
+        cert_expiry_metric(&tp.metrics).await,
+        Some(two_expires),
+        "a refused pair leaves the metric at the certificate still served"
+    );
 }
 
 #[tokio::test]

@@ -92,6 +92,7 @@ pub async fn serve(
         cfg.tls_key.as_deref(),
         cfg.tls_reload_interval,
         cfg.client_ca.as_deref(),
+        metrics.tls_not_after.clone(),
     )?;
     let max_connections = connection_limit(cfg.max_connections);
     let ready = Arc::new(AtomicBool::new(false));

@@ -55,6 +55,15 @@ pub struct TestCa {
 
 impl TestCa {
     pub fn new() -> Self {
+        Self::build(None)
+    }
+
+    /// A CA and a serving certificate whose `notAfter` is midnight UTC of that day.
+    pub fn valid_until(year: i32, month: u8, day: u8) -> Self {
+        Self::build(Some((year, month, day)))
+    }
+
+    fn build(not_after: Option<(i32, u8, u8)>) -> Self {
         use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
         let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
         ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -62,8 +71,11 @@ impl TestCa {
             .distinguished_name
             .push(DnType::CommonName, "tagpin test CA");
         let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let params =
+        let mut params =
             CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        if let Some((y, m, d)) = not_after {
+            params.not_after = rcgen::date_time_ymd(y, m, d);
+        }
         let key = KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &ca).unwrap();
         Self {

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Strict schema validation of the custom resources in rendered manifests, which
 kubernetes-validate has no schemas for: cert-manager's Certificate and Issuer, the Prometheus
-Operator's ServiceMonitor.
+Operator's ServiceMonitor and PrometheusRule.
 
 The schemas come from the cloudcoil model packages, generated from those projects' CRDs (versions
 pinned in requirements.txt). Every object schema is closed (additionalProperties: false), as
@@ -22,6 +22,7 @@ MODELS = {
     ("cert-manager.io/v1", "Certificate"): cert_manager.Certificate,
     ("cert-manager.io/v1", "Issuer"): cert_manager.Issuer,
     ("monitoring.coreos.com/v1", "ServiceMonitor"): prometheus_operator.ServiceMonitor,
+    ("monitoring.coreos.com/v1", "PrometheusRule"): prometheus_operator.PrometheusRule,
 }
 
 
