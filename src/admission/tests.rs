@@ -260,6 +260,36 @@ fn response_has_base64_patch_and_status_code() {
     assert!(out["response"].get("patch").is_none());
 }
 
+/// Issue 24: a warning without `; ` in reach was cut at byte 253, inside a word.
+#[test]
+fn long_warnings_are_split_between_words() {
+    let words = "spec/tasks/0/taskSpec/steps/1/image: registry.example.com/team/builder:v1.2.3 is an image field outside every pod spec tagpin knows: left as written and also some more words here";
+    let long = format!("tagpin: {words} {words}");
+    let parts = split_warning(&long);
+    assert!(parts.len() > 1, "{parts:?}");
+    let bodies: Vec<&str> = parts
+        .iter()
+        .map(|p| p.trim_start_matches("... ").trim_end_matches("..."))
+        .collect();
+    assert_eq!(bodies.concat(), long, "nothing lost");
+    for (p, b) in parts.iter().zip(&bodies) {
+        assert!(p.len() <= MAX_WARNING_BYTES, "{p}");
+        // Every cut falls after a space: no piece but the last ends inside a word.
+        if b.len() < long.len() && !long.ends_with(b) {
+            assert!(b.ends_with(' '), "cut inside a word: {p:?}");
+        }
+    }
+    // One word longer than the room is still cut (nothing else fits).
+    let word = "x".repeat(600);
+    let parts = split_warning(&word);
+    assert!(parts.iter().all(|p| p.len() <= MAX_WARNING_BYTES));
+    let bodies: String = parts
+        .iter()
+        .map(|p| p.trim_start_matches("... ").trim_end_matches("..."))
+        .collect();
+    assert_eq!(bodies, word);
+}
+
 #[test]
 fn long_warnings_are_split_and_many_are_capped() {
     let long = format!(
