@@ -197,11 +197,15 @@ pub struct Discovery {
 ///   template's metadata beside it (`…template.spec` → `…template.metadata`);
 /// * any other kind: no pod spec.
 ///
+/// A ConfigMap or Secret is data, not a workload: nothing in it is listed.
 /// Every other `image` string (outside `metadata` and `status` at the top) is listed in
 /// `others`: [`Why::Undecided`] when it is in a `containers` list some of whose items name no
 /// image, else [`Why::Outside`]. The walk stops, and judges nothing, past
 /// [`MAX_SEARCH_DEPTH`] levels or [`MAX_SEARCH_NODES`] maps and lists.
 pub fn discover(group: &str, kind: &str, object: &Value) -> Discovery {
+    if group.is_empty() && matches!(kind, "ConfigMap" | "Secret") {
+        return Discovery::default();
+    }
     let table = target(group, kind);
     let mut walk = Walk {
         search: table.is_none() && is_custom_group(group),

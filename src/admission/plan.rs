@@ -46,7 +46,14 @@ pub fn plan(req: &AdmissionRequest) -> Plan {
     // by the pod-spec shapes it holds.
     let table = podspec::target(&req.kind.group, &req.kind.kind);
     if table.is_none() && !podspec::is_custom_group(&req.kind.group) {
-        return ignore("kind");
+        // No pod spec, but its image fields are reported as `tagpin pin` reports them.
+        let notes = req.object.as_ref().map_or_else(Vec::new, |o| {
+            notes(&podspec::discover(&req.kind.group, &req.kind.kind, o).others)
+        });
+        return Plan {
+            notes,
+            ..ignore("kind")
+        };
     }
     let is_pod = table.is_some_and(|t| t.is_pod);
     let subresource = req.sub_resource.as_deref().unwrap_or("");

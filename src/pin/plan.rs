@@ -167,17 +167,15 @@ fn plan_object(plan: &mut FilePlan, di: usize, prefix: &PointerBuf, obj: &Value)
             incomplete: Some(why),
         });
     }
-    if !(group.is_empty() && matches!(kind, "ConfigMap" | "Secret")) {
-        for other in found.others {
-            plan.unjudged.push(Unjudged {
-                doc: di,
-                what: what.clone(),
-                label: other.label(),
-                image: other.image,
-                why: other.why,
-                incomplete: None,
-            });
-        }
+    for other in found.others {
+        plan.unjudged.push(Unjudged {
+            doc: di,
+            what: what.clone(),
+            label: other.label(),
+            image: other.image,
+            why: other.why,
+            incomplete: None,
+        });
     }
     if specs.is_empty() || owned {
         return;
