@@ -427,6 +427,49 @@ fn custom_resources_are_pinned_by_their_pod_spec_shape() {
     assert_eq!(plan(&r, &cfg()).ignored, Some("kind"));
 }
 
+/// Issue 24: a custom resource's fields the rule leaves alone are warnings in `pin`'s words
+/// (they used to pass silently), and one too deep to search is refused as a limit: a warning on
+/// `/mutate`, a denial on `/enforce`, nothing pinned.
+#[test]
+fn custom_resources_report_what_they_do_not_pin_and_bounds_are_limits() {
+    let prom =
+        json!({"spec": {"image": "prometheus:v2.54.1", "alerting": {"image": "x@sha256:00"}}});
+    let p = plan(
+        &workload_req("CREATE", "monitoring.coreos.com", "Prometheus", prom, None),
+        &cfg(),
+    );
+    assert_eq!(p.ignored, Some("kind"));
+    assert_eq!(
+        p.notes,
+        vec!["tagpin: spec/image: prometheus:v2.54.1 is an image field outside every pod spec tagpin knows: left as written"]
+    );
+    let dec = decide(&p, &[], Endpoint::Mutate, false);
+    assert!(dec.allowed && dec.patch.is_empty());
+    assert_eq!(dec.warnings, p.notes);
+
+    let mut deep = json!({"containers": [{"name": "c", "image": "a:1"}]});
+    for _ in 0..crate::podspec::MAX_SEARCH_DEPTH + 1 {
+        deep = json!({ "x": deep });
+    }
+    let r = workload_req(
+        "CREATE",
+        "example.com",
+        "Deep",
+        json!({ "spec": deep }),
+        None,
+    );
+    let p = plan(&r, &cfg());
+    assert!(p.sites.is_empty());
+    let why = p.over_limit.clone().expect("a limit");
+    assert!(why.contains("nested deeper than 32 levels"), "{why}");
+    let dec = decide(&p, &[], Endpoint::Mutate, false);
+    assert!(dec.allowed);
+    assert_eq!(dec.warnings, vec![why.clone()]);
+    let dec = decide(&p, &[], Endpoint::Enforce, false);
+    assert!(!dec.allowed);
+    assert_eq!(dec.denial, Some(format!("tagpin: denied: {why}")));
+}
+
 #[test]
 fn template_update_pins_every_tag_pod_update_only_changes() {
     // The old object was pinned; a re-apply brings the tag back: it is resolved again.
