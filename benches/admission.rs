@@ -154,6 +154,7 @@ fn benches(c: &mut Criterion) {
         skip_prefixes: vec![],
         lookup_timeout: Duration::from_secs(5),
         skip_invalid: false,
+        strict: false,
     };
     let source = pin::Source {
         name: "bench.yaml".into(),
@@ -163,7 +164,7 @@ fn benches(c: &mut Criterion) {
     g.bench_function("pin_render_200_documents", |b| {
         b.iter(|| {
             let plan = pin::plan_file(source.clone());
-            let r = pin::render(&plan, &opts, &results, false);
+            let r = pin::render(&plan, &opts, &results);
             assert_eq!((r.pinned, r.edited, r.problems.len()), (200, 200, 0));
             black_box(r.text.len())
         })

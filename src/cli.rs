@@ -287,6 +287,11 @@ pub struct PinArgs {
     /// rest and exit 1 naming what was skipped, instead of writing nothing (exit 2).
     #[arg(long)]
     pub skip_invalid: bool,
+    /// Count image fields outside pod specs, fields the pod-spec rule cannot decide about, and
+    /// objects too deep or large to search as problems (exit 1), in pin and --check alike;
+    /// without it they are notes.
+    #[arg(long)]
+    pub strict: bool,
     /// YAML files, directories (searched recursively for *.yaml and *.yml), or - for stdin.
     /// None: stdin.
     #[arg(value_name = "FILE|DIR|-")]
@@ -305,6 +310,7 @@ impl PinArgs {
             skip_prefixes: self.registry.skip_prefix.clone(),
             lookup_timeout: self.registry.lookup_timeout,
             skip_invalid: self.skip_invalid,
+            strict: self.strict,
         }
     }
 

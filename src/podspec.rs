@@ -96,82 +96,286 @@ pub fn is_custom_group(group: &str) -> bool {
     group.contains('.') && !group.ends_with(".k8s.io") && group != "k8s.io"
 }
 
-/// How deep [`find_pod_specs`] looks into an object.
+/// How deep the discovery walk looks into an object (map and list levels below the top).
 pub const MAX_SEARCH_DEPTH: usize = 32;
 
-/// Every pod spec of an object: by the kind table, or, for a custom resource, every map holding
-/// a pod-spec shape — a `containers` list whose every item is a map with an `image` string
-/// (Knative leaves out `name`). A pod spec found under a `spec` key has its template's metadata
-/// beside it (`spec.template.spec` → `spec.template.metadata`). `metadata` and `status` at the
-/// top are not searched, nor anything inside a pod spec or deeper than [`MAX_SEARCH_DEPTH`].
-pub fn pod_specs(group: &str, kind: &str, object: &Value) -> Vec<PodSpecAt> {
-    if let Some(t) = target(group, kind) {
-        return vec![t.into()];
-    }
-    if !is_custom_group(group) {
-        return Vec::new();
-    }
-    let mut found = Vec::new();
-    if let Some(map) = object.as_object() {
-        for (k, v) in map {
-            if k != "metadata" && k != "status" {
-                search(v, &mut vec![k.clone()], &mut found);
+/// Most maps and lists the discovery walk visits in one object. A real custom resource has a
+/// few hundred; past this the object is not judged at all ([`Incomplete::TooLarge`]).
+pub const MAX_SEARCH_NODES: usize = 65_536;
+
+/// Words that make a key selector-like (matched case-insensitively, anywhere in the key): a
+/// `containers` list under such a key names containers to match (`matchingCriteria`,
+/// `podSelector`, `exclude`), not containers to run, and is never a pod spec.
+pub const SELECTOR_WORDS: &[&str] = &["selector", "match", "criteria", "filter", "exclude"];
+
+/// True for a key whose value selects or matches things rather than describing them.
+pub fn is_selector_key(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    SELECTOR_WORDS.iter().any(|w| k.contains(w))
+}
+
+/// Why an `image` field found by [`discover`] is not pinned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Why {
+    /// Outside every pod spec (an operator's `spec.image`, a Tekton step, a selector's pattern).
+    Outside,
+    /// In a `containers` list some of whose items name no image: tagpin cannot tell whether it
+    /// is a pod spec (an operator may fill the missing images in).
+    Undecided,
+}
+
+impl Why {
+    /// The words `pin`, `--check` and the webhook all use.
+    pub fn words(self) -> &'static str {
+        match self {
+            Why::Outside => "is an image field outside every pod spec tagpin knows",
+            Why::Undecided => {
+                "is in a containers list tagpin cannot tell is a pod spec (not every item names an image)"
             }
         }
     }
-    found
 }
 
-/// Every image field of the pod specs `specs` of `object`.
+/// An `image` string of an object that is not in a pod spec tagpin pins.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OtherImage {
+    /// JSON pointer tokens to the field.
+    pub at: Vec<String>,
+    pub image: String,
+    pub why: Why,
+}
+
+impl OtherImage {
+    /// `spec/image`, `spec/tasks/0/steps/1/image`: where it is, for messages.
+    pub fn label(&self) -> String {
+        self.at.join("/")
+    }
+}
+
+/// Why an object was not judged: the walk stopped at a bound, so it cannot say that it found
+/// every pod spec. Nothing in such an object is pinned, and every caller says so.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Incomplete {
+    /// Nested deeper than [`MAX_SEARCH_DEPTH`].
+    TooDeep,
+    /// More than [`MAX_SEARCH_NODES`] maps and lists.
+    TooLarge,
+}
+
+impl Incomplete {
+    pub fn words(self) -> String {
+        match self {
+            Incomplete::TooDeep => format!(
+                "is nested deeper than {MAX_SEARCH_DEPTH} levels: not searched for pod specs, nothing pinned"
+            ),
+            Incomplete::TooLarge => format!(
+                "holds more than {MAX_SEARCH_NODES} maps and lists: not searched for pod specs, nothing pinned"
+            ),
+        }
+    }
+}
+
+/// What the one discovery rule says about an object: its pod specs, the image fields it does
+/// not pin and why, and whether the walk stopped at a bound.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Discovery {
+    /// Empty when `incomplete` is set.
+    pub specs: Vec<PodSpecAt>,
+    pub others: Vec<OtherImage>,
+    pub incomplete: Option<Incomplete>,
+    /// Maps and lists visited (at most [`MAX_SEARCH_NODES`] + 1).
+    pub visited: usize,
+}
+
+/// The one rule for where pod specs are, used by the webhook, `pin` and `audit`:
+///
+/// * a kind of the table ([`target`]): its one pod spec at its known path;
+/// * a custom resource (a dotted group, not `*.k8s.io`): every map, at any depth and through
+///   lists, whose `containers` is a non-empty list of maps each with an `image` string (Knative
+///   leaves out `name`) — unless a key on the way is selector-like ([`is_selector_key`]). The
+///   walk does not look inside a pod spec it found. A pod spec under a `spec` key has its
+///   template's metadata beside it (`…template.spec` → `…template.metadata`);
+/// * any other kind: no pod spec.
+///
+/// A ConfigMap or Secret is data, not a workload: nothing in it is listed.
+/// Every other `image` string (outside `metadata` and `status` at the top) is listed in
+/// `others`: [`Why::Undecided`] when it is in a `containers` list some of whose items name no
+/// image, else [`Why::Outside`]. The walk stops, and judges nothing, past
+/// [`MAX_SEARCH_DEPTH`] levels or [`MAX_SEARCH_NODES`] maps and lists.
+pub fn discover(group: &str, kind: &str, object: &Value) -> Discovery {
+    if group.is_empty() && matches!(kind, "ConfigMap" | "Secret") {
+        return Discovery::default();
+    }
+    let table = target(group, kind);
+    let mut walk = Walk {
+        search: table.is_none() && is_custom_group(group),
+        fixed: table.map(|t| t.spec_at.iter().map(|s| s.to_string()).collect()),
+        out: Discovery::default(),
+    };
+    if let Some(t) = table {
+        walk.out.specs.push(t.into());
+    }
+    walk.walk(object, &mut Vec::new(), false);
+    match (walk.out.incomplete, walk.search) {
+        (None, _) => {}
+        // Searched by shape: what was not seen may hold pod specs, so nothing is judged.
+        (Some(_), true) => {
+            walk.out.specs.clear();
+            walk.out.others.clear();
+        }
+        // A kind of the table: its pod spec is where the table says; only the list of other
+        // image fields is cut short.
+        (Some(_), false) => walk.out.incomplete = None,
+    }
+    walk.out
+}
+
+/// Every pod spec of an object, by [`discover`]'s rule (none when the object is not judged).
+pub fn pod_specs(group: &str, kind: &str, object: &Value) -> Vec<PodSpecAt> {
+    discover(group, kind, object).specs
+}
+
+struct Walk {
+    /// Search by shape (custom resources).
+    search: bool,
+    /// The table's pod spec path, not walked (its images are the pod spec's).
+    fixed: Option<Vec<String>>,
+    out: Discovery,
+}
+
+impl Walk {
+    fn walk(&mut self, v: &Value, path: &mut Vec<String>, under_selector: bool) {
+        if self.out.incomplete.is_some() || !(v.is_object() || v.is_array()) {
+            return;
+        }
+        if self.fixed.as_ref() == Some(path) {
+            return;
+        }
+        self.out.visited += 1;
+        if self.out.visited > MAX_SEARCH_NODES {
+            self.out.incomplete = Some(Incomplete::TooLarge);
+            return;
+        }
+        if path.len() > MAX_SEARCH_DEPTH {
+            self.out.incomplete = Some(Incomplete::TooDeep);
+            return;
+        }
+        let shape = if self.search && !under_selector {
+            containers_shape(v)
+        } else {
+            Shape::None
+        };
+        match shape {
+            Shape::PodSpec => {
+                let template_meta_at =
+                    (path.len() >= 2 && path.last().is_some_and(|l| l == "spec")).then(|| {
+                        let mut m = path[..path.len() - 1].to_vec();
+                        m.push("metadata".to_string());
+                        m
+                    });
+                self.out.specs.push(PodSpecAt {
+                    spec_at: path.clone(),
+                    template_meta_at,
+                    is_pod: false,
+                });
+                return;
+            }
+            Shape::Partial => {
+                if let Some(items) = v.get("containers").and_then(Value::as_array) {
+                    for (i, c) in items.iter().enumerate() {
+                        if let Some(image) = c.get("image").and_then(Value::as_str) {
+                            let mut at = path.clone();
+                            at.extend(["containers".into(), i.to_string(), "image".into()]);
+                            self.out.others.push(OtherImage {
+                                at,
+                                image: image.to_string(),
+                                why: Why::Undecided,
+                            });
+                        }
+                    }
+                }
+            }
+            Shape::None => {}
+        }
+        for (k, child) in children(v) {
+            if path.is_empty() && (k == "metadata" || k == "status") {
+                continue;
+            }
+            if shape == Shape::Partial && k == "containers" {
+                continue;
+            }
+            let selector = under_selector || (v.is_object() && is_selector_key(&k));
+            path.push(k);
+            match child {
+                Value::String(s) if path.last().is_some_and(|k| k == "image") => {
+                    self.out.others.push(OtherImage {
+                        at: path.clone(),
+                        image: s.clone(),
+                        why: Why::Outside,
+                    });
+                }
+                _ => self.walk(child, path, selector),
+            }
+            path.pop();
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Shape {
+    /// A non-empty `containers` list, every item a map with an `image` string.
+    PodSpec,
+    /// A non-empty `containers` list where some items have an `image` string and some do not.
+    Partial,
+    None,
+}
+
+fn containers_shape(v: &Value) -> Shape {
+    let Some(items) = v.get("containers").and_then(Value::as_array) else {
+        return Shape::None;
+    };
+    let with_image = items
+        .iter()
+        .filter(|c| c.get("image").and_then(Value::as_str).is_some())
+        .count();
+    match with_image {
+        0 => Shape::None,
+        n if n == items.len() => Shape::PodSpec,
+        _ => Shape::Partial,
+    }
+}
+
+/// Every image field of the pod specs `specs` of `object`. When there are several pod specs,
+/// each site's record key and label start with its pod spec's JSON pointer
+/// (`/spec/workerGroupSpecs/0/template/spec#worker`), so names may repeat across them.
 pub fn images_of(object: &Value, specs: &[PodSpecAt]) -> Vec<ImageSite> {
+    let several = specs.len() > 1;
     specs
         .iter()
-        .flat_map(|s| find_images(object, &s.spec_at))
+        .flat_map(|s| {
+            let at = PointerBuf::from_tokens(s.spec_at.iter().map(String::as_str));
+            find_images(object, &s.spec_at)
+                .into_iter()
+                .map(move |mut site| {
+                    if several {
+                        site.key = format!("{at}#{}", site.key);
+                        site.label = format!("{at} {}", site.label);
+                    }
+                    site
+                })
+        })
         .collect()
 }
 
-/// The record of an object with these pod specs: on its metadata and its template's. An object
-/// with several pod specs gets none (their container names could collide).
+/// The record of an object with these pod specs: on its metadata and its template's. With
+/// several pod specs the object's record has every site under its qualified key (see
+/// [`images_of`]), and each template's record its own sites under their plain keys.
 pub fn record_of(object: &Value, specs: &[PodSpecAt], sites: &[ImageSite]) -> Option<Record> {
     match specs {
+        [] => None,
         [one] => Some(Record::at(object, one.template_meta_at.as_deref(), sites)),
-        _ => None,
+        several => Some(Record::several(object, several, sites)),
     }
-}
-
-fn search(v: &Value, path: &mut Vec<String>, found: &mut Vec<PodSpecAt>) {
-    if path.len() > MAX_SEARCH_DEPTH {
-        return;
-    }
-    if is_pod_spec(v) {
-        let template_meta_at =
-            (path.len() >= 2 && path.last().is_some_and(|l| l == "spec")).then(|| {
-                let mut m = path[..path.len() - 1].to_vec();
-                m.push("metadata".to_string());
-                m
-            });
-        found.push(PodSpecAt {
-            spec_at: path.clone(),
-            template_meta_at,
-            is_pod: false,
-        });
-        return;
-    }
-    for (k, child) in children(v) {
-        path.push(k);
-        search(child, path, found);
-        path.pop();
-    }
-}
-
-fn is_pod_spec(v: &Value) -> bool {
-    v.get("containers")
-        .and_then(Value::as_array)
-        .is_some_and(|c| {
-            !c.is_empty()
-                && c.iter()
-                    .all(|c| c.get("image").and_then(Value::as_str).is_some())
-        })
 }
 
 /// The JSON pointer (as tokens) to the pod spec inside an object of this kind, or `None` when
@@ -211,6 +415,19 @@ pub fn recorded_tag(before: &str, recorded: Option<&str>) -> Option<crate::refer
     }
 }
 
+/// The value at JSON pointer tokens: a map's key, or a list's index (a pod spec inside a list,
+/// `spec/workerGroupSpecs/1/template/spec`, is reached through its index). `None` if absent.
+pub fn value_at<'v, S: AsRef<str>>(object: &'v Value, tokens: &[S]) -> Option<&'v Value> {
+    tokens.iter().try_fold(object, |v, t| step(v, t.as_ref()))
+}
+
+fn step<'v>(v: &'v Value, token: &str) -> Option<&'v Value> {
+    match v {
+        Value::Array(a) => a.get(token.parse::<usize>().ok()?),
+        _ => v.get(token),
+    }
+}
+
 /// A map's entries or a list's items, each with its JSON-pointer token; none for a scalar.
 pub fn children(v: &Value) -> Vec<(String, &Value)> {
     match v {
@@ -239,7 +456,7 @@ pub fn container_key(list: &str, name: &str) -> String {
 /// Fields that are absent or not strings are skipped (the API server validates them).
 pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSite> {
     let base = PointerBuf::from_tokens(spec_at.iter().map(AsRef::as_ref));
-    let Some(spec) = spec_at.iter().try_fold(object, |v, t| v.get(t.as_ref())) else {
+    let Some(spec) = value_at(object, spec_at) else {
         return Vec::new();
     };
     let mut sites = Vec::new();
@@ -334,7 +551,9 @@ enum MetaState {
 /// pod template's for workloads) and what it says now. Pure.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Record {
-    metas: Vec<(PointerBuf, MetaState)>,
+    /// Each metadata map the record goes on, its state, and, for a template of an object with
+    /// several pod specs, the key prefix (`<pod spec pointer>#`) of the entries it carries.
+    metas: Vec<(PointerBuf, MetaState, Option<String>)>,
     /// The current record (from the template when there is one, else the object).
     existing: BTreeMap<String, String>,
     /// Keys of sites that already hold a digest: their existing entries stay.
@@ -360,27 +579,46 @@ impl Record {
         let mut metas = Vec::new();
         let mut existing = BTreeMap::new();
         for tokens in at {
-            let meta = tokens
-                .iter()
-                .try_fold(object, |v, t| v.get(t.as_str()))
-                .filter(|m| m.is_object());
-            let state = match meta.map(|m| m.get("annotations").filter(|a| a.is_object())) {
-                None => MetaState::Absent,
-                Some(None) => MetaState::NoAnnotations,
-                Some(Some(a)) => {
-                    let current = a.get(PINNED_ANNOTATION).and_then(Value::as_str);
-                    // The template's record wins: it is what the pods will carry.
-                    if let Some(map) = current.and_then(parse_record) {
-                        existing = map;
-                    }
-                    MetaState::Annotations(current.map(str::to_string))
-                }
-            };
+            let state = meta_state(object, tokens);
+            // The template's record wins: it is what the pods will carry.
+            if let Some(map) = state.current().and_then(parse_record) {
+                existing = map;
+            }
             metas.push((
                 PointerBuf::from_tokens(tokens.iter().map(String::as_str)),
                 state,
+                None,
             ));
         }
+        Self::with(metas, existing, sites)
+    }
+
+    /// The record of an object with several pod specs: every site under its qualified key on
+    /// the object's metadata (which is also where the current record is read), and on each
+    /// template's metadata the entries of its own pod spec under their plain keys.
+    pub fn several(object: &Value, specs: &[PodSpecAt], sites: &[ImageSite]) -> Self {
+        let object_meta = ["metadata".to_string()];
+        let state = meta_state(object, &object_meta);
+        let existing = state.current().and_then(parse_record).unwrap_or_default();
+        let mut metas = vec![(PointerBuf::from_tokens(["metadata"]), state, None)];
+        for spec in specs {
+            if let Some(tokens) = &spec.template_meta_at {
+                let at = PointerBuf::from_tokens(spec.spec_at.iter().map(String::as_str));
+                metas.push((
+                    PointerBuf::from_tokens(tokens.iter().map(String::as_str)),
+                    meta_state(object, tokens),
+                    Some(format!("{at}#")),
+                ));
+            }
+        }
+        Self::with(metas, existing, sites)
+    }
+
+    fn with(
+        metas: Vec<(PointerBuf, MetaState, Option<String>)>,
+        existing: BTreeMap<String, String>,
+        sites: &[ImageSite],
+    ) -> Self {
         let digest_keys = sites
             .iter()
             .filter(|s| s.image.contains('@'))
@@ -400,7 +638,7 @@ impl Record {
 
     /// The same record with every pointer under `prefix` (objects inside a `List`).
     pub fn prefixed(mut self, prefix: &PointerBuf) -> Self {
-        for (p, _) in &mut self.metas {
+        for (p, _, _) in &mut self.metas {
             *p = prefix.concat(p);
         }
         self
@@ -423,10 +661,20 @@ impl Record {
         for s in pinned {
             map.insert(&s.key, &s.image);
         }
-        // A map of strings always serializes.
-        let value = serde_json::to_string(&map).unwrap_or_default();
         let mut ops = Vec::new();
-        for (meta, state) in &self.metas {
+        for (meta, state, only) in &self.metas {
+            let part: BTreeMap<&str, &str> = match only {
+                None => map.clone(),
+                Some(p) => map
+                    .iter()
+                    .filter_map(|(k, v)| Some((k.strip_prefix(p.as_str())?, *v)))
+                    .collect(),
+            };
+            if part.is_empty() {
+                continue;
+            }
+            // A map of strings always serializes.
+            let value = serde_json::to_string(&part).unwrap_or_default();
             let (path, v) = match state {
                 MetaState::Annotations(Some(cur)) if *cur == value => continue,
                 MetaState::Annotations(_) => {
@@ -448,6 +696,32 @@ impl Record {
             ops.push(PatchOperation::Add(AddOperation { path, value: v }));
         }
         ops
+    }
+}
+
+/// The record state of the metadata map at `tokens` of `object`.
+fn meta_state(object: &Value, tokens: &[String]) -> MetaState {
+    let meta = tokens
+        .iter()
+        .try_fold(object, |v, t| step(v, t))
+        .filter(|m| m.is_object());
+    match meta.map(|m| m.get("annotations").filter(|a| a.is_object())) {
+        None => MetaState::Absent,
+        Some(None) => MetaState::NoAnnotations,
+        Some(Some(a)) => MetaState::Annotations(
+            a.get(PINNED_ANNOTATION)
+                .and_then(Value::as_str)
+                .map(str::to_string),
+        ),
+    }
+}
+
+impl MetaState {
+    fn current(&self) -> Option<&str> {
+        match self {
+            MetaState::Annotations(c) => c.as_deref(),
+            _ => None,
+        }
     }
 }
 
@@ -736,21 +1010,239 @@ mod tests {
         assert!(pod_specs("example.com", "X", &st).is_empty());
     }
 
+    /// Was: an object nested past the bound was silently found to hold no pod spec. Now the
+    /// walk says it stopped (and judges nothing), so every caller reports it.
     #[test]
     fn the_shape_search_is_bounded_in_depth() {
         let mut v = json!({"containers": [{"image": "a:1"}]});
         for _ in 0..MAX_SEARCH_DEPTH + 1 {
             v = json!({ "x": v });
         }
-        assert!(pod_specs("example.com", "X", &json!({ "spec": v.clone() })).is_empty());
+        let deep = json!({ "spec": v.clone(), "other": {"containers": [{"image": "b:1"}]} });
+        let d = discover("example.com", "X", &deep);
+        assert_eq!(d.incomplete, Some(Incomplete::TooDeep));
+        assert!(d.specs.is_empty() && d.others.is_empty(), "{d:?}");
         let mut v = json!({"containers": [{"image": "a:1"}]});
         for _ in 0..MAX_SEARCH_DEPTH - 2 {
             v = json!({ "x": v });
         }
+        let d = discover("example.com", "X", &json!({ "spec": v }));
+        assert_eq!((d.specs.len(), d.incomplete), (1, None));
+        // Depth through lists counts the same.
+        let mut v = json!({"containers": [{"image": "a:1"}]});
+        for _ in 0..MAX_SEARCH_DEPTH + 1 {
+            v = json!([v]);
+        }
+        let d = discover("example.com", "X", &json!({ "spec": v }));
+        assert_eq!(d.incomplete, Some(Incomplete::TooDeep));
+    }
+
+    #[test]
+    fn the_walk_is_bounded_in_nodes() {
+        // A pod spec first, then more maps than the bound: not judged, nothing pinned.
+        let mut spec = serde_json::Map::new();
+        spec.insert("a".into(), json!({"containers": [{"image": "a:1"}]}));
+        for i in 0..MAX_SEARCH_NODES + 10 {
+            spec.insert(format!("k{i:06}"), json!({}));
+        }
+        let obj = json!({ "spec": spec });
+        let d = discover("example.com", "X", &obj);
+        assert_eq!(d.incomplete, Some(Incomplete::TooLarge));
+        assert_eq!(d.visited, MAX_SEARCH_NODES + 1, "stops at the bound");
+        assert!(d.specs.is_empty());
+        // A kind of the table keeps its pod spec; only the other-fields list is cut short.
+        let pod = json!({"spec": {"containers": [{"name": "c", "image": "a:1"}]}, "x": spec});
+        let d = discover("", "Pod", &pod);
+        assert_eq!((d.specs.len(), d.incomplete), (1, None));
+        assert_eq!(d.visited, MAX_SEARCH_NODES + 1);
+    }
+
+    #[test]
+    fn pod_specs_in_lists_at_any_depth() {
+        let ray = json!({
+            "spec": {
+                "headGroupSpec": {"template": {"spec": {"containers": [{"name": "head", "image": "rayproject/ray:2.37.0"}]}}},
+                "workerGroupSpecs": [
+                    {"groupName": "w", "template": {"spec": {"containers": [{"name": "worker", "image": "rayproject/ray:2.37.0"}]}}},
+                    {"groupName": "g", "template": {"metadata": {}, "spec": {"containers": [{"name": "worker", "image": "rayproject/ray:2.37.0-gpu"}]}}}
+                ]
+            }
+        });
+        let d = discover("ray.io", "RayCluster", &ray);
+        let at: Vec<String> = d.specs.iter().map(|s| s.spec_at.join("/")).collect();
         assert_eq!(
-            pod_specs("example.com", "X", &json!({ "spec": v })).len(),
-            1
+            at,
+            [
+                "spec/headGroupSpec/template/spec",
+                "spec/workerGroupSpecs/0/template/spec",
+                "spec/workerGroupSpecs/1/template/spec"
+            ]
         );
+        assert_eq!(
+            d.specs[1].template_meta_at.as_ref().unwrap().join("/"),
+            "spec/workerGroupSpecs/0/template/metadata"
+        );
+        let sites = images_of(&ray, &d.specs);
+        let keys: Vec<&str> = sites.iter().map(|s| s.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "/spec/headGroupSpec/template/spec#head",
+                "/spec/workerGroupSpecs/0/template/spec#worker",
+                "/spec/workerGroupSpecs/1/template/spec#worker"
+            ]
+        );
+        let jobset = json!({"spec": {"replicatedJobs": [{"name": "w", "template": {"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "python:3.12"}]}}}}}]}});
+        let d = discover("jobset.x-k8s.io", "JobSet", &jobset);
+        assert_eq!(d.specs.len(), 1);
+        assert_eq!(
+            d.specs[0].spec_at.join("/"),
+            "spec/replicatedJobs/0/template/spec/template/spec"
+        );
+        // x-k8s.io is a custom group (only *.k8s.io and k8s.io are Kubernetes' own).
+        assert!(is_custom_group("jobset.x-k8s.io"));
+    }
+
+    #[test]
+    fn containers_under_selector_keys_are_not_pod_specs() {
+        let allow = json!({
+            "spec": {
+                "matchingCriteria": {"containers": [{"image": "nginx:1.27"}]},
+                "podSelector": {"matchExpressions": [{"containers": [{"image": "a:1"}]}]},
+                "rules": [{"exclude": {"resources": {"containers": [{"image": "b:1"}]}}}],
+                "template": {"spec": {"containers": [{"name": "c", "image": "app:1"}]}}
+            }
+        });
+        let d = discover("policy.example.com", "ImageAllowList", &allow);
+        assert_eq!(d.specs.len(), 1, "{d:?}");
+        assert_eq!(d.specs[0].spec_at.join("/"), "spec/template/spec");
+        let others: Vec<(String, &str, Why)> = d
+            .others
+            .iter()
+            .map(|o| (o.label(), o.image.as_str(), o.why))
+            .collect();
+        assert_eq!(
+            others,
+            [
+                (
+                    "spec/matchingCriteria/containers/0/image".to_string(),
+                    "nginx:1.27",
+                    Why::Outside
+                ),
+                (
+                    "spec/podSelector/matchExpressions/0/containers/0/image".to_string(),
+                    "a:1",
+                    Why::Outside
+                ),
+                (
+                    "spec/rules/0/exclude/resources/containers/0/image".to_string(),
+                    "b:1",
+                    Why::Outside
+                ),
+            ]
+        );
+        for k in [
+            "matchingCriteria",
+            "podSelector",
+            "MatchLabels",
+            "imageFilter",
+            "excludes",
+        ] {
+            assert!(is_selector_key(k), "{k}");
+        }
+        for k in [
+            "template",
+            "workerGroupSpecs",
+            "podTemplate",
+            "spec",
+            "containers",
+        ] {
+            assert!(!is_selector_key(k), "{k}");
+        }
+    }
+
+    #[test]
+    fn a_partial_containers_list_is_undecided_and_outside_fields_are_listed() {
+        // Flink: the main container takes spec.image from the operator; the sidecar names one.
+        let flink = json!({
+            "spec": {
+                "image": "flink:1.20",
+                "podTemplate": {"spec": {"containers": [
+                    {"name": "flink-main-container"},
+                    {"name": "log", "image": "fluent-bit:3.1"}
+                ]}}
+            },
+            "status": {"image": "flink:1.20"}
+        });
+        let d = discover("flink.apache.org", "FlinkDeployment", &flink);
+        assert!(d.specs.is_empty());
+        let others: Vec<(String, Why)> = d.others.iter().map(|o| (o.label(), o.why)).collect();
+        assert_eq!(
+            others,
+            [
+                ("spec/image".to_string(), Why::Outside),
+                (
+                    "spec/podTemplate/spec/containers/1/image".to_string(),
+                    Why::Undecided
+                ),
+            ]
+        );
+        // The webhook reads a pruned object, where the image-less container is `null`: same verdict.
+        let pruned = json!({"spec": {"image": "flink:1.20", "podTemplate": {"spec": {"containers": [null, {"name": "log", "image": "fluent-bit:3.1"}]}}}});
+        assert_eq!(
+            discover("flink.apache.org", "FlinkDeployment", &pruned).others,
+            d.others
+        );
+        // Built-in kinds: the table's spec, and other image fields listed the same way.
+        let pod = json!({"spec": {"containers": [{"name": "c", "image": "a:1"}]}, "extra": {"image": "b:1"}});
+        let d = discover("", "Pod", &pod);
+        assert_eq!(d.specs.len(), 1);
+        assert_eq!(d.others.len(), 1);
+        assert_eq!(d.others[0].label(), "extra/image");
+    }
+
+    #[test]
+    fn several_pod_specs_get_one_record_each_and_one_on_the_object() {
+        let mut ray = json!({
+            "metadata": {"name": "rc"},
+            "spec": {
+                "headGroupSpec": {"template": {"spec": {"containers": [{"name": "head", "image": "ray:1"}]}}},
+                "workerGroupSpecs": [{"template": {"metadata": {"labels": {"a": "b"}}, "spec": {"containers": [{"name": "head", "image": "ray:2"}]}}}]
+            }
+        });
+        let specs = pod_specs("ray.io", "RayCluster", &ray);
+        let sites = images_of(&ray, &specs);
+        let rec = record_of(&ray, &specs, &sites).expect("a record");
+        json_patch::patch(&mut ray, &rec.ops(&sites.iter().collect::<Vec<_>>())).unwrap();
+        let ann = |p: &str| {
+            ray.pointer(&format!("{p}/annotations/tagpin.io~1pinned"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        };
+        assert_eq!(
+            ann("/metadata").as_deref(),
+            Some(
+                r#"{"/spec/headGroupSpec/template/spec#head":"ray:1","/spec/workerGroupSpecs/0/template/spec#head":"ray:2"}"#
+            )
+        );
+        assert_eq!(
+            ann("/spec/headGroupSpec/template/metadata").as_deref(),
+            Some(r#"{"head":"ray:1"}"#)
+        );
+        assert_eq!(
+            ann("/spec/workerGroupSpecs/0/template/metadata").as_deref(),
+            Some(r#"{"head":"ray:2"}"#)
+        );
+        assert_eq!(
+            ray["spec"]["workerGroupSpecs"][0]["template"]["metadata"]["labels"]["a"],
+            "b"
+        );
+        // Read back: the record answers for each site by its qualified key; re-recording the
+        // same pins changes nothing.
+        let sites = images_of(&ray, &specs);
+        let rec = record_of(&ray, &specs, &sites).unwrap();
+        assert_eq!(rec.recorded(&sites[1].key), Some("ray:2"));
+        assert!(rec.ops(&sites.iter().collect::<Vec<_>>()).is_empty());
     }
 
     #[test]

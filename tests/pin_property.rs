@@ -72,6 +72,10 @@ struct Manifest {
     /// (has a name, image index, quoting 0 plain / 1 single / 2 double)
     containers: Vec<(bool, usize, u8)>,
     extras: Vec<usize>,
+    /// The custom resource (kind 4): how many pod templates in its list, and whether each is
+    /// inside a Job template (`groups[].template.spec.template.spec`, as a JobSet nests them).
+    groups: usize,
+    nested: bool,
 }
 
 fn meta_strategy() -> impl Strategy<Value = Meta> {
@@ -86,7 +90,7 @@ fn meta_strategy() -> impl Strategy<Value = Meta> {
 
 fn manifest() -> impl Strategy<Value = Manifest> {
     (
-        0usize..4,
+        0usize..5,
         any::<bool>(),
         any::<bool>(),
         meta_strategy(),
@@ -94,10 +98,23 @@ fn manifest() -> impl Strategy<Value = Manifest> {
         any::<bool>(),
         prop::collection::vec((any::<bool>(), 0usize..IMAGES.len(), 0u8..3), 1..4),
         prop::collection::vec(0usize..SCALARS.len(), 0..6),
+        (1usize..4, any::<bool>()),
     )
         .prop_map(
-            |(kind, crlf, bom, meta, template_meta, flow_containers, containers, extras)| {
+            |(
+                kind,
+                crlf,
+                bom,
+                meta,
+                template_meta,
+                flow_containers,
+                containers,
+                extras,
+                (groups, nested),
+            )| {
                 Manifest {
+                    groups,
+                    nested,
                     kind,
                     crlf,
                     bom,
@@ -175,7 +192,8 @@ fn extra_lines(m: &Manifest, ind: &str, out: &mut Vec<String>) {
     }
 }
 
-/// The manifest as text: a Pod, a Deployment, an Argo Rollout, or a List holding a Pod.
+/// The manifest as text: a Pod, a Deployment, an Argo Rollout, a List holding a Pod, or a
+/// custom resource with a list of pod templates, nested or not (issue 24).
 fn text(m: &Manifest) -> String {
     let mut lines = vec!["# generated".to_string()];
     let (api, kind) = [
@@ -183,6 +201,7 @@ fn text(m: &Manifest) -> String {
         ("apps/v1", "Deployment"),
         ("argoproj.io/v1alpha1", "Rollout"),
         ("v1", "List"),
+        ("fleet.example.com/v1", "Fleet"),
     ][m.kind];
     lines.push(format!("apiVersion: {api}"));
     lines.push(format!("kind: {kind}"));
@@ -201,6 +220,22 @@ fn text(m: &Manifest) -> String {
     lines.push(format!("{ind}spec:"));
     if kind == "Pod" || kind == "List" {
         container_lines(m, &format!("{ind}  "), &mut lines);
+    } else if kind == "Fleet" {
+        lines.push("  groups:".to_string());
+        for g in 0..m.groups {
+            lines.push(format!("  - name: g{g}"));
+            lines.push("    template:".to_string());
+            let mut at = "      ".to_string();
+            if m.nested {
+                lines.push(format!("{at}spec:"));
+                lines.push(format!("{at}  parallelism: 2"));
+                lines.push(format!("{at}  template:"));
+                at.push_str("    ");
+            }
+            meta_lines(&m.template_meta, "tpl", &at, &mut lines);
+            lines.push(format!("{at}spec:"));
+            container_lines(m, &format!("{at}  "), &mut lines);
+        }
     } else {
         lines.push("  template:".to_string());
         meta_lines(&m.template_meta, "tpl", "    ", &mut lines);
@@ -274,6 +309,7 @@ proptest! {
             skip_prefixes: vec![],
             lookup_timeout: Duration::from_secs(1),
             skip_invalid: false,
+            strict: false,
         };
         let mut results = HashMap::new();
         let mut back = HashMap::new();
@@ -285,9 +321,11 @@ proptest! {
         }
         let plan = pin::plan_file(Source { name: "gen.yaml".into(), path: None, text: input.clone() });
         prop_assert!(plan.invalid().is_empty(), "{:?}\n{input}", plan.invalid());
-        let r = pin::render(&plan, &opts, &results, false);
+        let r = pin::render(&plan, &opts, &results);
         prop_assert!(r.problems.is_empty(), "{:?}\n{input}", r.problems);
-        prop_assert_eq!(r.pinned, m.containers.len());
+        let templates = if m.kind == 4 { m.groups } else { 1 };
+        prop_assert_eq!(r.pinned, m.containers.len() * templates);
+        prop_assert!(r.notes.is_empty(), "{:?}\n{input}", r.notes);
         prop_assert_eq!(r.edited, 1);
         // Read back as Kubernetes reads it: only images and the record changed.
         let mut before = values(&input);
@@ -300,11 +338,15 @@ proptest! {
             normalize(v, &back);
         }
         prop_assert_eq!(&before, &after, "\n{}\n---- became ----\n{}", input, r.text);
+        // Every object pinned carries the record.
+        let top = values(&r.text);
+        let obj = if m.kind == 3 { &top[0]["items"][0] } else { &top[0] };
+        prop_assert!(obj.pointer("/metadata/annotations/tagpin.io~1pinned").is_some(), "no record:\n{}", r.text);
         // The BOM and line endings are kept, and pinning the output again changes nothing.
         prop_assert_eq!(r.text.starts_with('\u{feff}'), m.bom);
         let (lf, crlf) = (r.text.matches('\n').count(), r.text.matches("\r\n").count());
         prop_assert_eq!(crlf, if m.crlf { lf } else { 0 });
-        let again = pin::render(&pin::plan_file(Source { name: "gen.yaml".into(), path: None, text: r.text.clone() }), &opts, &results, false);
+        let again = pin::render(&pin::plan_file(Source { name: "gen.yaml".into(), path: None, text: r.text.clone() }), &opts, &results);
         prop_assert_eq!(again.text, r.text);
     }
 }
@@ -352,13 +394,14 @@ proptest! {
             skip_prefixes: vec![],
             lookup_timeout: Duration::from_secs(1),
             skip_invalid: true,
+            strict: false,
         };
         let results = HashMap::from([(
             "nginx:1.27".to_string(),
             Outcome::Pinned(Digest::parse(&digest(1)).unwrap()),
         )]);
         let plan = pin::plan_file(Source { name: "any.yaml".into(), path: None, text: input.clone() });
-        let r = pin::render(&plan, &opts, &results, false);
+        let r = pin::render(&plan, &opts, &results);
         if r.text != input {
             let before = yaml::read(&input).docs.len();
             prop_assert_eq!(yaml::read(&r.text).docs.len(), before, "\n{}\n----\n{}", input, r.text);

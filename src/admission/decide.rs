@@ -157,6 +157,7 @@ impl<'a> Sorted<'a> {
                 .skip(limited)
                 .map(|(image, why)| format!("tagpin: {image} left unpinned: {why}")),
         );
+        warnings.extend(plan.notes.iter().cloned());
         let mut patch = podspec::replace_ops(pins);
         patch.extend(record_ops);
         Decision {

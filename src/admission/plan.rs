@@ -26,6 +26,9 @@ pub struct Plan {
     /// Set when the object was not inspected because it exceeds a limit: the warning (on
     /// `/mutate`, where the object is admitted as written) or the denial (on `/enforce`).
     pub over_limit: Option<String>,
+    /// Image fields the discovery rule leaves alone (outside every pod spec, or undecided), as
+    /// warnings in the words `tagpin pin` uses for them.
+    pub notes: Vec<String>,
 }
 
 /// Which image sites of the request to consider. Pure.
@@ -43,7 +46,14 @@ pub fn plan(req: &AdmissionRequest) -> Plan {
     // by the pod-spec shapes it holds.
     let table = podspec::target(&req.kind.group, &req.kind.kind);
     if table.is_none() && !podspec::is_custom_group(&req.kind.group) {
-        return ignore("kind");
+        // No pod spec, but its image fields are reported as `tagpin pin` reports them.
+        let notes = req.object.as_ref().map_or_else(Vec::new, |o| {
+            notes(&podspec::discover(&req.kind.group, &req.kind.kind, o).others)
+        });
+        return Plan {
+            notes,
+            ..ignore("kind")
+        };
     }
     let is_pod = table.is_some_and(|t| t.is_pod);
     let subresource = req.sub_resource.as_deref().unwrap_or("");
@@ -64,9 +74,21 @@ pub fn plan(req: &AdmissionRequest) -> Plan {
     let Some(object) = &req.object else {
         return ignore("no object");
     };
-    let specs = podspec::pod_specs(&req.kind.group, &req.kind.kind, object);
+    let found = podspec::discover(&req.kind.group, &req.kind.kind, object);
+    if let Some(why) = found.incomplete {
+        return Plan {
+            over_limit: Some(format!("tagpin: limit: the object {}", why.words())),
+            ignored: Some("over limit"),
+            ..Plan::default()
+        };
+    }
+    let notes = notes(&found.others);
+    let specs = found.specs;
     if specs.is_empty() {
-        return ignore("kind");
+        return Plan {
+            notes,
+            ..ignore("kind")
+        };
     }
     if !is_pod && podspec::is_controller_owned(object) {
         return ignore("controller-owned");
@@ -92,7 +114,25 @@ pub fn plan(req: &AdmissionRequest) -> Plan {
         record,
         ignored: None,
         over_limit: None,
+        notes,
     }
+}
+
+/// One warning per image field the discovery rule leaves alone that holds no digest (the words
+/// of `tagpin pin`'s notes).
+fn notes(others: &[podspec::OtherImage]) -> Vec<String> {
+    others
+        .iter()
+        .filter(|o| !o.image.contains('@'))
+        .map(|o| {
+            format!(
+                "tagpin: {}: {} {}: left as written",
+                o.label(),
+                o.image,
+                o.why.words()
+            )
+        })
+        .collect()
 }
 
 /// Per site, the pinned reference the old object of a template UPDATE held for this very image
@@ -122,7 +162,7 @@ pub fn credential_request(req: &AdmissionRequest) -> CredentialRequest<'_> {
     let pod_spec = req.object.as_ref().and_then(|o| {
         let specs = podspec::pod_specs(&req.kind.group, &req.kind.kind, o);
         let at = specs.first()?;
-        at.spec_at.iter().try_fold(o, |v, t| v.get(t.as_str()))
+        podspec::value_at(o, &at.spec_at)
     });
     CredentialRequest {
         namespace: req.namespace.as_deref().filter(|n| !n.is_empty()),

@@ -260,6 +260,36 @@ fn response_has_base64_patch_and_status_code() {
     assert!(out["response"].get("patch").is_none());
 }
 
+/// Issue 24: a warning without `; ` in reach was cut at byte 253, inside a word.
+#[test]
+fn long_warnings_are_split_between_words() {
+    let words = "spec/tasks/0/taskSpec/steps/1/image: registry.example.com/team/builder:v1.2.3 is an image field outside every pod spec tagpin knows: left as written and also some more words here";
+    let long = format!("tagpin: {words} {words}");
+    let parts = split_warning(&long);
+    assert!(parts.len() > 1, "{parts:?}");
+    let bodies: Vec<&str> = parts
+        .iter()
+        .map(|p| p.trim_start_matches("... ").trim_end_matches("..."))
+        .collect();
+    assert_eq!(bodies.concat(), long, "nothing lost");
+    for (p, b) in parts.iter().zip(&bodies) {
+        assert!(p.len() <= MAX_WARNING_BYTES, "{p}");
+        // Every cut falls after a space: no piece but the last ends inside a word.
+        if b.len() < long.len() && !long.ends_with(b) {
+            assert!(b.ends_with(' '), "cut inside a word: {p:?}");
+        }
+    }
+    // One word longer than the room is still cut (nothing else fits).
+    let word = "x".repeat(600);
+    let parts = split_warning(&word);
+    assert!(parts.iter().all(|p| p.len() <= MAX_WARNING_BYTES));
+    let bodies: String = parts
+        .iter()
+        .map(|p| p.trim_start_matches("... ").trim_end_matches("..."))
+        .collect();
+    assert_eq!(bodies, word);
+}
+
 #[test]
 fn long_warnings_are_split_and_many_are_capped() {
     let long = format!(
@@ -395,6 +425,49 @@ fn custom_resources_are_pinned_by_their_pod_spec_shape() {
     assert_eq!(plan(&r, &cfg()).ignored, Some("kind"));
     let r = workload_req("CREATE", "", "Service", deployment(&["nginx:1"]), None);
     assert_eq!(plan(&r, &cfg()).ignored, Some("kind"));
+}
+
+/// Issue 24: a custom resource's fields the rule leaves alone are warnings in `pin`'s words
+/// (they used to pass silently), and one too deep to search is refused as a limit: a warning on
+/// `/mutate`, a denial on `/enforce`, nothing pinned.
+#[test]
+fn custom_resources_report_what_they_do_not_pin_and_bounds_are_limits() {
+    let prom =
+        json!({"spec": {"image": "prometheus:v2.54.1", "alerting": {"image": "x@sha256:00"}}});
+    let p = plan(
+        &workload_req("CREATE", "monitoring.coreos.com", "Prometheus", prom, None),
+        &cfg(),
+    );
+    assert_eq!(p.ignored, Some("kind"));
+    assert_eq!(
+        p.notes,
+        vec!["tagpin: spec/image: prometheus:v2.54.1 is an image field outside every pod spec tagpin knows: left as written"]
+    );
+    let dec = decide(&p, &[], Endpoint::Mutate, false);
+    assert!(dec.allowed && dec.patch.is_empty());
+    assert_eq!(dec.warnings, p.notes);
+
+    let mut deep = json!({"containers": [{"name": "c", "image": "a:1"}]});
+    for _ in 0..crate::podspec::MAX_SEARCH_DEPTH + 1 {
+        deep = json!({ "x": deep });
+    }
+    let r = workload_req(
+        "CREATE",
+        "example.com",
+        "Deep",
+        json!({ "spec": deep }),
+        None,
+    );
+    let p = plan(&r, &cfg());
+    assert!(p.sites.is_empty());
+    let why = p.over_limit.clone().expect("a limit");
+    assert!(why.contains("nested deeper than 32 levels"), "{why}");
+    let dec = decide(&p, &[], Endpoint::Mutate, false);
+    assert!(dec.allowed);
+    assert_eq!(dec.warnings, vec![why.clone()]);
+    let dec = decide(&p, &[], Endpoint::Enforce, false);
+    assert!(!dec.allowed);
+    assert_eq!(dec.denial, Some(format!("tagpin: denied: {why}")));
 }
 
 #[test]

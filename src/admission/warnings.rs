@@ -23,7 +23,9 @@ pub fn bound_warnings(warnings: &[String]) -> Vec<String> {
 }
 
 /// A warning longer than [`MAX_WARNING_BYTES`] as several that are not: cut after a `; ` where
-/// possible, each cut marked `...` at the end of one piece and the start of the next. Pure.
+/// one falls in the second half of the room, else at the last space (never inside a word
+/// unless one word fills the room), each cut marked `...` at the end of one piece and the
+/// start of the next. Pure.
 pub fn split_warning(w: &str) -> Vec<String> {
     const MARK: &str = "...";
     let mut out = Vec::new();
@@ -40,9 +42,11 @@ pub fn split_warning(w: &str) -> Vec<String> {
         while !rest.is_char_boundary(cut) {
             cut -= 1;
         }
-        // Prefer to cut after a "; " separator, if one falls in the second half.
-        let at = match rest[..cut].rfind("; ") {
-            Some(i) if i + 2 > room / 2 => i + 2,
+        // Prefer to cut after a "; " separator, if one falls in the second half; else after
+        // the last space; a single word longer than the room is cut where it must be.
+        let at = match (rest[..cut].rfind("; "), rest[..cut].rfind(' ')) {
+            (Some(i), _) if i + 2 > room / 2 => i + 2,
+            (_, Some(i)) if i > 0 => i + 1,
             _ => cut,
         };
         out.push(format!("{prefix}{}{MARK}", &rest[..at]));

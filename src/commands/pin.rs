@@ -7,7 +7,7 @@ use std::sync::Arc;
 use super::{resolver, CommandError};
 use crate::cli::PinArgs;
 use crate::metrics::Metrics;
-use crate::pin::{Action, Report};
+use crate::pin::{Action, Output, Report};
 
 /// Reads the inputs, resolves with the registry flags only (files carry no namespace: pull
 /// secrets do not apply; credential plugins and `--docker-config` do), writes, and prints what
@@ -26,13 +26,13 @@ pub async fn run(args: PinArgs) -> Result<ExitCode, CommandError> {
             return Ok(ExitCode::from(2));
         }
     };
-    print(&report, opts.mode);
+    print(&report, opts.mode, &output);
     Ok(ExitCode::from(report.exit_code()))
 }
 
 /// The report on stderr: warnings, invalid inputs, problems, notes, then the summary (always
 /// on a terminal, on failure, and for `--check`).
-fn print(report: &Report, mode: Action) {
+fn print(report: &Report, mode: Action, output: &Output) {
     for w in &report.warnings {
         eprintln!("{w}");
     }
@@ -41,7 +41,9 @@ fn print(report: &Report, mode: Action) {
     }
     match (report.invalid.len(), report.skipped_invalid) {
         (0, _) => {}
-        (n, true) => eprintln!("tagpin: skipped {n} invalid input(s) named above; pinned the rest"),
+        (n, true) => eprintln!(
+            "tagpin: skipped {n} invalid input(s) named above (written as read); pinned the rest"
+        ),
         (n, false) => eprintln!(
             "tagpin: {n} invalid input(s): nothing written; fix them, or pass --skip-invalid to pin the rest"
         ),
@@ -53,6 +55,6 @@ fn print(report: &Report, mode: Action) {
         eprintln!("tagpin: note: {n}");
     }
     if std::io::stderr().is_terminal() || report.exit_code() != 0 || mode == Action::Check {
-        eprintln!("tagpin: {}", report.summary(mode));
+        eprintln!("tagpin: {}", report.summary(mode, output));
     }
 }

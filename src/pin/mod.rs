@@ -39,7 +39,8 @@ pub struct Report {
     pub skipped_invalid: bool,
     /// Images left unpinned (pin), not pinned or moved (check), documents not editable.
     pub problems: Vec<String>,
-    /// Image fields outside known pod specs (pin mode).
+    /// Image fields outside known pod specs, undecided ones, objects not judged (the same in
+    /// `pin` and `--check`; problems instead with `--strict`).
     pub notes: Vec<String>,
     /// Credential sources that were skipped.
     pub warnings: Vec<String>,
@@ -60,18 +61,29 @@ impl Report {
         }
     }
 
-    /// The closing line.
-    pub fn summary(&self, mode: Action) -> String {
+    /// The closing line: what was done and where it went (`--in-place` edits the files;
+    /// stdout and `-o` get the edited text).
+    pub fn summary(&self, mode: Action, output: &Output) -> String {
         let verb = match mode {
             Action::Pin => format!("pinned {} image(s)", self.pinned),
             Action::Check => "checked".to_string(),
         };
-        let edited = match mode {
-            Action::Pin => format!(" ({} edited in place)", self.edited),
-            Action::Check => String::new(),
+        let edited = match (mode, output) {
+            (Action::Check, _) => String::new(),
+            (Action::Pin, Output::InPlace) => format!(" ({} edited in place)", self.edited),
+            (Action::Pin, Output::Stdout) => {
+                format!(" ({} edited, written to stdout)", self.edited)
+            }
+            (Action::Pin, Output::File(p)) => {
+                format!(" ({} edited, written to {})", self.edited, p.display())
+            }
+        };
+        let notes = match self.notes.len() {
+            0 => String::new(),
+            n => format!(", {n} note(s)"),
         };
         format!(
-            "{verb} in {} document(s){edited} of {} file(s); {} problem(s)",
+            "{verb} in {} document(s){edited} of {} file(s); {} problem(s){notes}",
             self.documents,
             self.files,
             self.problems.len() + self.invalid.len()
@@ -150,10 +162,10 @@ pub async fn run(
     } else if !opts.skip_invalid {
         return Ok(report);
     }
-    // Helm templates are skipped whole.
-    let plans: Vec<FilePlan> = plans.into_iter().filter(|p| p.helm.is_none()).collect();
+    // Helm templates are skipped whole (written as read: they hold no planned image).
     report.documents = plans
         .iter()
+        .filter(|p| p.helm.is_none())
         .flat_map(|p| &p.docs)
         .filter(|d| d.parsed.as_ref().is_ok_and(|d| !d.is_empty()))
         .count();
@@ -165,26 +177,25 @@ pub async fn run(
     )
     .await;
     report.warnings = warnings;
-    let rendered = render_all(&plans, opts, &results, output, &mut report);
+    let rendered = render_all(&plans, opts, &results, &mut report);
     if opts.mode == Action::Pin {
         write_out(&plans, &rendered, output)?;
     }
     Ok(report)
 }
 
+/// Every file rendered; a skipped (invalid) document or Helm template stays as read, in every
+/// output mode.
 fn render_all(
     plans: &[FilePlan],
     opts: &Options,
     results: &HashMap<String, Outcome>,
-    output: &Output,
     report: &mut Report,
 ) -> Vec<Rendered> {
-    // Joined output leaves unreadable documents out; a file rewritten in place keeps them.
-    let drop_invalid = !matches!(output, Output::InPlace);
     plans
         .iter()
         .map(|plan| {
-            let r = render(plan, opts, results, drop_invalid);
+            let r = render(plan, opts, results);
             report.pinned += r.pinned;
             report.edited += r.edited;
             report.problems.extend(r.problems.iter().cloned());
@@ -243,6 +254,7 @@ mod tests {
             skip_prefixes: vec![],
             lookup_timeout: Duration::from_secs(5),
             skip_invalid: false,
+            strict: false,
         }
     }
 
@@ -255,7 +267,7 @@ mod tests {
     }
 
     fn render(plan: &FilePlan, o: &Options, r: &HashMap<String, Outcome>) -> Rendered {
-        super::render(plan, o, r, false)
+        super::render(plan, o, r)
     }
 
     fn results(pairs: &[(&str, &str)]) -> HashMap<String, Outcome> {
@@ -345,21 +357,46 @@ mod tests {
         );
     }
 
+    /// Issue 24 item 3: joined output (stdout, `-o`) used to leave skipped documents out; every
+    /// output mode now keeps them exactly as read.
     #[test]
-    fn skipped_documents_are_left_out_of_joined_output_and_kept_in_files() {
-        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: a, image: 'redis:7'}]\n---\nkind: [unclosed\n---\nkind: B\n";
+    fn skipped_documents_are_kept_as_read() {
+        let text = "apiVersion: v1\nkind: Pod\nmetadata: {name: a}\nspec:\n  containers: [{name: a, image: 'redis:7'}]\n---\nkind: [unclosed\n---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata: {k: v}\ndata: {k: w}\n---\nkind: B\n";
         let plan = super::plan_file(source(text));
-        assert_eq!(plan.invalid().len(), 1);
+        assert_eq!(plan.invalid().len(), 2);
         let res = results(&[("redis:7", D1)]);
-        let joined = super::render(&plan, &opts(Action::Pin), &res, true);
-        assert!(joined.problems.is_empty(), "{:?}", joined.problems);
+        let r = super::render(&plan, &opts(Action::Pin), &res);
+        assert!(r.problems.is_empty(), "{:?}", r.problems);
         let pinned_pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{annotations: {{tagpin.io/pinned: '{{\"a\":\"redis:7\"}}'}}, name: a}}\nspec:\n  containers: [{{name: a, image: 'redis@{D1}'}}]\n");
-        assert_eq!(joined.text, format!("{pinned_pod}---\nkind: B\n"));
-        let in_file = super::render(&plan, &opts(Action::Pin), &res, false);
+        let rest = text.split_once("---\n").unwrap().1;
+        assert_eq!(r.text, format!("{pinned_pod}---\n{rest}"));
+        let joined = join(&[
+            ("f.yaml".into(), r.text.clone()),
+            ("g.yaml".into(), "kind: C\n".into()),
+        ])
+        .unwrap();
+        assert_eq!(joined, format!("{pinned_pod}---\n{rest}---\nkind: C\n"));
+    }
+
+    #[test]
+    fn the_summary_says_where_the_output_went() {
+        let r = Report {
+            files: 1,
+            documents: 2,
+            pinned: 1,
+            edited: 1,
+            ..Report::default()
+        };
+        let at = |o: &Output| r.summary(Action::Pin, o);
         assert_eq!(
-            in_file.text,
-            format!("{pinned_pod}---\nkind: [unclosed\n---\nkind: B\n")
+            at(&Output::InPlace),
+            "pinned 1 image(s) in 2 document(s) (1 edited in place) of 1 file(s); 0 problem(s)"
         );
+        assert_eq!(
+            at(&Output::File("out.yaml".into())),
+            "pinned 1 image(s) in 2 document(s) (1 edited, written to out.yaml) of 1 file(s); 0 problem(s)"
+        );
+        assert!(!at(&Output::Stdout).contains("in place"));
     }
 
     #[test]

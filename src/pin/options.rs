@@ -50,4 +50,7 @@ pub struct Options {
     pub lookup_timeout: Duration,
     /// Pin what can be read and skip (name) the rest, instead of writing nothing.
     pub skip_invalid: bool,
+    /// Image fields outside pod specs, undecided ones and objects not judged are problems
+    /// (exit 1) instead of notes, in `pin` and `--check` alike.
+    pub strict: bool,
 }

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use super::options::{Action, Options, Source};
 use super::yaml::{self, Document, NodeKind};
-use crate::podspec::{self, ImageSite, Record};
+use crate::podspec::{self, ImageSite, Incomplete, Record, Why};
 use crate::reference::{ImageRef, ReferenceError};
 
 /// One image field of one object of one document.
@@ -30,13 +30,17 @@ pub struct Object {
     pub record: Option<Record>,
 }
 
-/// An `image` field outside every pod spec tagpin knows (a Tekton step, an operator's field).
+/// An `image` field outside every pod spec tagpin knows (a Tekton step, an operator's field),
+/// or one the discovery rule cannot decide about; or (`image` empty, `incomplete` set) an
+/// object the rule did not judge at all.
 #[derive(Debug, Clone)]
 pub struct Unjudged {
     pub doc: usize,
     pub what: String,
     pub label: String,
     pub image: String,
+    pub why: Why,
+    pub incomplete: Option<Incomplete>,
 }
 
 /// One document: read (with its number among the non-empty ones) or not.
@@ -150,18 +154,28 @@ fn plan_object(plan: &mut FilePlan, di: usize, prefix: &PointerBuf, obj: &Value)
         .and_then(Value::as_str)
         .unwrap_or("(no name)");
     let what = format!("{kind} {name}");
-    let specs = podspec::pod_specs(group, kind, obj);
+    let found = podspec::discover(group, kind, obj);
+    let specs = found.specs;
     let owned = !specs.iter().any(|s| s.is_pod) && podspec::is_controller_owned(obj);
-    let judged: Vec<&[String]> = specs.iter().map(|s| s.spec_at.as_slice()).collect();
-    if !(group.is_empty() && matches!(kind, "ConfigMap" | "Secret")) {
-        for (label, image) in image_fields(obj, &judged) {
-            plan.unjudged.push(Unjudged {
-                doc: di,
-                what: what.clone(),
-                label,
-                image,
-            });
-        }
+    if let Some(why) = found.incomplete {
+        plan.unjudged.push(Unjudged {
+            doc: di,
+            what: what.clone(),
+            label: String::new(),
+            image: String::new(),
+            why: Why::Undecided,
+            incomplete: Some(why),
+        });
+    }
+    for other in found.others {
+        plan.unjudged.push(Unjudged {
+            doc: di,
+            what: what.clone(),
+            label: other.label(),
+            image: other.image,
+            why: other.why,
+            incomplete: None,
+        });
     }
     if specs.is_empty() || owned {
         return;
@@ -179,36 +193,6 @@ fn plan_object(plan: &mut FilePlan, di: usize, prefix: &PointerBuf, obj: &Value)
             object: plan.objects.len() - 1,
         });
     }
-}
-
-/// Every `image` string of `obj` outside `metadata` and outside the pod specs at `judged`.
-fn image_fields(obj: &Value, judged: &[&[String]]) -> Vec<(String, String)> {
-    fn walk(
-        v: &Value,
-        path: &mut Vec<String>,
-        judged: &[&[String]],
-        out: &mut Vec<(String, String)>,
-    ) {
-        if path.len() > podspec::MAX_SEARCH_DEPTH || judged.iter().any(|j| path.starts_with(j)) {
-            return;
-        }
-        for (k, child) in podspec::children(v) {
-            if path.is_empty() && k == "metadata" {
-                continue;
-            }
-            path.push(k);
-            match child {
-                Value::String(s) if path.last().is_some_and(|k| k == "image") => {
-                    out.push((path.join("/"), s.clone()));
-                }
-                _ => walk(child, path, judged, out),
-            }
-            path.pop();
-        }
-    }
-    let mut out = Vec::new();
-    walk(obj, &mut Vec::new(), judged, &mut out);
-    out
 }
 
 /// A `{{` that the YAML reader did not take as part of a string value: a template.

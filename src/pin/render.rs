@@ -25,20 +25,14 @@ pub struct Rendered {
     /// One line per image left unpinned (pin), not pinned or moved (check), or document that
     /// could not be edited.
     pub problems: Vec<String>,
-    /// One line per `image` field outside a known pod spec (pin mode; `--check` counts them as
-    /// problems).
+    /// One line per `image` field outside a known pod spec or undecided, and per object not
+    /// judged: the same lines in `pin` and `--check` (problems instead with `--strict`).
     pub notes: Vec<String>,
 }
 
-/// Applies resolved digests (keyed by the image as written) to one file. With `drop_invalid`,
-/// documents that cannot be read are left out of the text (joined output under
-/// `--skip-invalid`); otherwise they stay as written.
-pub fn render(
-    plan: &FilePlan,
-    opts: &Options,
-    results: &HashMap<String, Outcome>,
-    drop_invalid: bool,
-) -> Rendered {
+/// Applies resolved digests (keyed by the image as written) to one file. Documents that cannot
+/// be read (`--skip-invalid`) stay exactly as written, in every output mode.
+pub fn render(plan: &FilePlan, opts: &Options, results: &HashMap<String, Outcome>) -> Rendered {
     let mut out = Rendered::default();
     let pins = decide(plan, opts, results, &mut out.problems);
     unjudged(plan, opts, &mut out);
@@ -67,25 +61,16 @@ pub fn render(
             )),
         }
     }
-    if drop_invalid {
-        edits.extend(plan.docs.iter().filter_map(|d| {
-            d.parsed.as_ref().err().map(|i| Edit {
-                at: i.span.clone(),
-                text: String::new(),
-            })
-        }));
-    }
-    out.text = match edit::apply(text, edits)
-        .and_then(|t| check_file(plan, &t, &expected, drop_invalid).map(|()| t))
-    {
-        Ok(t) => t,
-        Err(why) => {
-            out.problems
-                .push(format!("{}: left as written: {why}", plan.source.name));
-            (out.pinned, out.edited) = (0, 0);
-            text.clone()
-        }
-    };
+    out.text =
+        match edit::apply(text, edits).and_then(|t| check_file(plan, &t, &expected).map(|()| t)) {
+            Ok(t) => t,
+            Err(why) => {
+                out.problems
+                    .push(format!("{}: left as written: {why}", plan.source.name));
+                (out.pinned, out.edited) = (0, 0);
+                text.clone()
+            }
+        };
     out
 }
 
@@ -138,19 +123,29 @@ fn decide(
     pins
 }
 
-/// `image` fields outside every known pod spec: `--check` cannot vouch for them.
+/// `image` fields outside every known pod spec or undecided, and objects not judged: neither
+/// `pin` nor `--check` can vouch for them, and both say so in the same words — a note, or a
+/// problem with `--strict`.
 fn unjudged(plan: &FilePlan, opts: &Options, out: &mut Rendered) {
     for u in &plan.unjudged {
-        if u.image.contains('@') || skipped(&u.image, opts) {
-            continue;
-        }
-        let line = format!(
-            "{}: document {} ({}) {}: {} is an image field outside every pod spec tagpin knows",
-            plan.source.name, plan.docs[u.doc].number, u.what, u.label, u.image
+        let at = format!(
+            "{}: document {} ({})",
+            plan.source.name, plan.docs[u.doc].number, u.what
         );
-        match opts.mode {
-            Action::Check => out.problems.push(format!("{line}: not checked")),
-            Action::Pin => out.notes.push(format!("{line}: left as written")),
+        let line = match u.incomplete {
+            Some(why) => format!("{at} {}", why.words()),
+            None if u.image.contains('@') || skipped(&u.image, opts) => continue,
+            None => format!(
+                "{at} {}: {} {}: left as written, not checked",
+                u.label,
+                u.image,
+                u.why.words()
+            ),
+        };
+        if opts.strict {
+            out.problems.push(line);
+        } else {
+            out.notes.push(line);
         }
     }
 }
@@ -235,14 +230,9 @@ fn check_file(
     plan: &FilePlan,
     text: &str,
     expected: &BTreeMap<usize, Value>,
-    dropped_invalid: bool,
 ) -> Result<(), EditError> {
     let back = yaml::read(text);
-    let before = plan
-        .docs
-        .iter()
-        .enumerate()
-        .filter(|(_, d)| !dropped_invalid || d.parsed.is_ok());
+    let before = plan.docs.iter().enumerate();
     let mut after = back.docs.iter();
     for (di, d) in before {
         let now = after.next();
