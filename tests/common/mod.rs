@@ -7,6 +7,7 @@
 pub mod fake_kube;
 pub mod plugin;
 pub mod token;
+pub mod toxiproxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
