@@ -210,3 +210,125 @@ async fn a_registry_resetting_mid_tls_answers_last_known_digests_and_counts_one_
         r.metrics().encode()
     );
 }
+
+/// A stand-in registry (docker-registry never answers 429): answers every manifest HEAD with a
+/// digest after `delay`, except the first request for each tag in `limited`, answered
+/// `429 Retry-After: 1`. Counts requests per path and the most it had in flight at once.
+#[derive(Default)]
+struct Limiter {
+    requests: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    in_flight: std::sync::atomic::AtomicUsize,
+    most: std::sync::atomic::AtomicUsize,
+    limited: std::collections::HashSet<String>,
+}
+
+fn rate_limiting_registry(limited: std::collections::HashSet<String>) -> (String, Arc<Limiter>) {
+    use axum::http::{HeaderMap, StatusCode, Uri};
+    use std::sync::atomic::Ordering::SeqCst;
+    let state = Arc::new(Limiter {
+        limited,
+        ..Limiter::default()
+    });
+    let s = state.clone();
+    let app = axum::Router::new().fallback(move |uri: Uri| {
+        let s = s.clone();
+        async move {
+            let now = s.in_flight.fetch_add(1, SeqCst) + 1;
+            s.most.fetch_max(now, SeqCst);
+            let path = uri.path().to_string();
+            let seen = {
+                let mut m = s.requests.lock().unwrap();
+                let n = m.entry(path.clone()).or_default();
+                *n += 1;
+                *n
+            };
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            s.in_flight.fetch_sub(1, SeqCst);
+            let mut h = HeaderMap::new();
+            if seen == 1 && s.limited.contains(&path) {
+                h.insert("retry-after", "1".parse().unwrap());
+                return (StatusCode::TOO_MANY_REQUESTS, h);
+            }
+            let digest = sha256(path.as_bytes());
+            h.insert("docker-content-digest", digest.parse().unwrap());
+            h.insert(
+                "content-type",
+                "application/vnd.oci.image.manifest.v1+json"
+                    .parse()
+                    .unwrap(),
+            );
+            (StatusCode::OK, h)
+        }
+    });
+    (fake_kube::serve_in_thread(app), state)
+}
+
+/// Issue 22, target 3: a rollout storm. 500 pods naming 200 distinct tags over 20 registries,
+/// all within a second, 25 ms each way, the first answer for 10% of the tags
+/// `429 Retry-After: 1`. Every image is pinned by the admission deadline; each tag is asked once
+/// plus once per 429; no registry has more than `--max-lookups-per-registry` requests at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_storm_pins_every_image_within_the_deadline_and_the_registries_limits() {
+    const REGISTRIES: usize = 20;
+    const TAGS_PER_REGISTRY: usize = 10;
+    const PODS: usize = 500;
+    const PER_REGISTRY: usize = 4;
+    init();
+    let toxi = Toxiproxy::start().await;
+    let mut registries = Vec::new();
+    for r in 0..REGISTRIES {
+        // Tag 0 of every registry: 10% of all tags.
+        let limited = [format!("/v2/app/manifests/t{}", r * TAGS_PER_REGISTRY)].into();
+        let (upstream, state) = rate_limiting_registry(limited);
+        let name = format!("reg{r}");
+        let addr = toxi.proxy(&name, &upstream).await;
+        toxi.latency(&name, RTT_MS / 2).await;
+        registries.push((addr, state));
+    }
+    let mut cfg = ResolverConfig::default();
+    cfg.registry.insecure = registries.iter().map(|(a, _)| a.clone()).collect();
+    cfg.max_lookups_per_registry = PER_REGISTRY;
+    let r = resolver(cfg);
+    let tag = |i: usize| {
+        let (addr, _) = &registries[i / TAGS_PER_REGISTRY];
+        format!("{addr}/app:t{i}")
+    };
+    let tags = REGISTRIES * TAGS_PER_REGISTRY;
+    let pods: Vec<_> = (0..PODS)
+        .map(|p| {
+            let images = vec![tag(p % tags), tag((p * 7 + 3) % tags)];
+            let r = r.clone();
+            tokio::spawn(async move {
+                (
+                    images.clone(),
+                    batch(&r, &images, Duration::from_secs(10)).await,
+                )
+            })
+        })
+        .collect();
+    for pod in pods {
+        let (images, out) = pod.await.unwrap();
+        for (image, o) in images.iter().zip(out) {
+            assert!(matches!(o, Outcome::Pinned(_)), "{image}: {o:?}");
+        }
+    }
+    for (i, (addr, state)) in registries.iter().enumerate() {
+        let requests = state.requests.lock().unwrap().clone();
+        for t in 0..TAGS_PER_REGISTRY {
+            let path = format!("/v2/app/manifests/t{}", i * TAGS_PER_REGISTRY + t);
+            let asked_again = usize::from(state.limited.contains(&path));
+            assert_eq!(
+                requests.get(&path).copied().unwrap_or(0),
+                1 + asked_again,
+                "{addr}{path}: once, plus once per 429"
+            );
+        }
+        assert_eq!(
+            requests.len(),
+            TAGS_PER_REGISTRY,
+            "{addr}: nothing but the manifests (no /v2/ pings): {requests:?}"
+        );
+        let most = state.most.load(std::sync::atomic::Ordering::SeqCst);
+        assert!(most <= PER_REGISTRY, "{addr} had {most} requests at once");
+    }
+}
