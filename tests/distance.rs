@@ -7,6 +7,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::limiter::rate_limiting_registry;
 use common::toxiproxy::Toxiproxy;
 use common::*;
 use serde_json::json;
@@ -209,58 +210,6 @@ async fn a_registry_resetting_mid_tls_answers_last_known_digests_and_counts_one_
         "one outage is one failure, not eight:\n{}",
         r.metrics().encode()
     );
-}
-
-/// A stand-in registry (docker-registry never answers 429): answers every manifest HEAD with a
-/// digest after `delay`, except the first request for each tag in `limited`, answered
-/// `429 Retry-After: 1`. Counts requests per path and the most it had in flight at once.
-#[derive(Default)]
-struct Limiter {
-    requests: std::sync::Mutex<std::collections::HashMap<String, usize>>,
-    in_flight: std::sync::atomic::AtomicUsize,
-    most: std::sync::atomic::AtomicUsize,
-    limited: std::collections::HashSet<String>,
-}
-
-fn rate_limiting_registry(limited: std::collections::HashSet<String>) -> (String, Arc<Limiter>) {
-    use axum::http::{HeaderMap, StatusCode, Uri};
-    use std::sync::atomic::Ordering::SeqCst;
-    let state = Arc::new(Limiter {
-        limited,
-        ..Limiter::default()
-    });
-    let s = state.clone();
-    let app = axum::Router::new().fallback(move |uri: Uri| {
-        let s = s.clone();
-        async move {
-            let now = s.in_flight.fetch_add(1, SeqCst) + 1;
-            s.most.fetch_max(now, SeqCst);
-            let path = uri.path().to_string();
-            let seen = {
-                let mut m = s.requests.lock().unwrap();
-                let n = m.entry(path.clone()).or_default();
-                *n += 1;
-                *n
-            };
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            s.in_flight.fetch_sub(1, SeqCst);
-            let mut h = HeaderMap::new();
-            if seen == 1 && s.limited.contains(&path) {
-                h.insert("retry-after", "1".parse().unwrap());
-                return (StatusCode::TOO_MANY_REQUESTS, h);
-            }
-            let digest = sha256(path.as_bytes());
-            h.insert("docker-content-digest", digest.parse().unwrap());
-            h.insert(
-                "content-type",
-                "application/vnd.oci.image.manifest.v1+json"
-                    .parse()
-                    .unwrap(),
-            );
-            (StatusCode::OK, h)
-        }
-    });
-    (fake_kube::serve_in_thread(app), state)
 }
 
 /// Issue 22, target 3: a rollout storm. 500 pods naming 200 distinct tags over 20 registries,

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
+pub mod limiter;
 pub mod plugin;
 pub mod token;
 pub mod toxiproxy;
