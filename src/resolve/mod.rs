@@ -92,6 +92,9 @@ impl Default for ResolverConfig {
     }
 }
 
+/// How many times one lookup asks again after a 429 whose `Retry-After` ends within its time.
+pub const MAX_RATE_LIMIT_RETRIES: u32 = 3;
+
 /// Why one lookup failed. One error type for the cache (moka groups waiters by it).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum LookupError {
@@ -295,7 +298,12 @@ impl Resolver {
             docker_config: cfg.docker_config,
             skip_prefixes: cfg.skip_prefixes,
             cache: DigestCache::new(cfg.cache_capacity, cfg.cache_ttl, cfg.stale_ttl),
-            breakers: Breakers::new(cfg.breaker_threshold, cfg.breaker_cooldown, metrics.clone()),
+            breakers: Breakers::new(
+                cfg.breaker_threshold,
+                cfg.breaker_cooldown,
+                cfg.lookup_timeout,
+                metrics.clone(),
+            ),
             metrics,
             lookup_timeout: cfg.lookup_timeout,
             sources: Sources::new(cfg.cluster, cfg.providers),
@@ -491,17 +499,47 @@ impl Resolver {
         }
     }
 
-    /// The one registry request behind a cache miss, through the registry's breaker.
+    /// The registry request behind a cache miss, through the registry's breaker. All of it,
+    /// waits included, ends within `lookup_timeout`: it waits behind a probe of a registry coming
+    /// back for the probe's outcome, and when the registry answers 429 with a `Retry-After` that
+    /// ends in time, waits that long and asks again (up to [`MAX_RATE_LIMIT_RETRIES`] times).
     async fn load(&self, image: &ImageRef, cred: &Credential) -> Result<Digest, LookupError> {
+        let registry = image.registry();
+        let wait_until = Instant::now() + self.0.lookup_timeout;
+        let mut retries = 0;
+        loop {
+            if let Err(open) = self.0.breakers.admit_or_wait(registry, wait_until).await {
+                self.count_lookup(registry, "breaker_open");
+                return Err(LookupError::BreakerOpen {
+                    registry: registry.to_string(),
+                    remaining: open.remaining,
+                });
+            }
+            match self.request(image, cred, wait_until).await {
+                Err(LookupError::Registry(RegistryError::RateLimited {
+                    retry_after: Some(after),
+                    ..
+                })) if retries < MAX_RATE_LIMIT_RETRIES
+                    && Instant::now() + after.max(Duration::from_secs(1)) < wait_until =>
+                {
+                    // The breaker now holds the registry's pause; `admit_or_wait` waits it out.
+                    retries += 1;
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// One request to the registry (within the per-registry slots, ending by `wait_until`), its
+    /// outcome counted and recorded in the registry's breaker.
+    async fn request(
+        &self,
+        image: &ImageRef,
+        cred: &Credential,
+        wait_until: Instant,
+    ) -> Result<Digest, LookupError> {
         let inner = &self.0;
         let registry = image.registry();
-        if let Err(open) = inner.breakers.admit(registry, Instant::now()) {
-            self.count_lookup(registry, "breaker_open");
-            return Err(LookupError::BreakerOpen {
-                registry: registry.to_string(),
-                remaining: open.remaining,
-            });
-        }
         let started = Instant::now();
         let holding = AtomicBool::new(false);
         let lookup = async {
@@ -509,7 +547,7 @@ impl Resolver {
             holding.store(true, Ordering::Relaxed);
             inner.client.manifest_digest(image, cred).await
         };
-        let result = match tokio::time::timeout(inner.lookup_timeout, lookup).await {
+        let result = match tokio::time::timeout_at(wait_until.into(), lookup).await {
             Ok(r) => r,
             Err(_) if !holding.load(Ordering::Relaxed) => {
                 self.count_lookup(registry, "busy");
@@ -546,9 +584,9 @@ impl Resolver {
                 };
                 inner
                     .breakers
-                    .failure(registry, retry_after, Instant::now());
+                    .failure(registry, retry_after, started, Instant::now());
             }
-            _ => inner.breakers.success(registry),
+            _ => inner.breakers.success(registry, started),
         }
         Ok(result?)
     }

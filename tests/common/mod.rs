@@ -5,8 +5,10 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
+pub mod limiter;
 pub mod plugin;
 pub mod token;
+pub mod toxiproxy;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
