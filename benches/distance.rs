@@ -198,6 +198,35 @@ async fn floor(s: &Setup) -> Duration {
     median(times)
 }
 
+/// The floor for `n` lookups: `n` raw manifest HEADs at once over `n` held connections.
+async fn floor_n(s: &Setup, n: usize) -> Duration {
+    let http = reqwest::Client::new();
+    let url = format!("http://{}/v2/app/manifests/floor", s.addr);
+    let heads = || {
+        let tasks: Vec<_> = (0..n)
+            .map(|_| {
+                let req = http
+                    .head(&url)
+                    .header("accept", tagpin::resolve::registry::ACCEPT_MANIFESTS);
+                tokio::spawn(async move { req.send().await.unwrap().status() })
+            })
+            .collect();
+        async move {
+            for t in tasks {
+                assert_eq!(t.await.unwrap(), 200);
+            }
+        }
+    };
+    heads().await; // opens the n connections
+    let mut times = Vec::new();
+    for _ in 0..reps() {
+        let t = Instant::now();
+        heads().await;
+        times.push(t.elapsed());
+    }
+    median(times)
+}
+
 /// `n` new tags on a resolver that holds connections (`n` of them, from an earlier lookup of `n`
 /// tags at once) and its token.
 async fn warm_miss(s: &Setup, n: usize) -> (Duration, f64) {
@@ -348,6 +377,14 @@ fn main() {
             "floor: one raw manifest HEAD over a held connection: {:.1} ms = {:.2} RTT",
             f.as_secs_f64() * 1e3,
             rtts(f)
+        );
+        let mut floors = Vec::new();
+        for n in [1, 4, 16] {
+            floors.push(format!("{n} at once {:.2} RTT", rtts(floor_n(&setups[0], n).await)));
+        }
+        println!(
+            "floor: raw manifest HEADs over as many held connections (plain): {}",
+            floors.join(", ")
         );
         println!("\n| registry | warm miss, 1 image | 4 images | 16 images | first contact (1 image) |");
         println!("|---|---|---|---|---|");
