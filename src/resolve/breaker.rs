@@ -262,12 +262,22 @@ impl Breakers {
                 }
                 s => s,
             };
-            let opened =
-                matches!(next, State::Open { .. }) && !matches!(before, Some(State::Open { .. }));
+            let opened = match next {
+                State::Open { until, asked, .. } if !matches!(before, Some(State::Open { .. })) => {
+                    Some((until, asked))
+                }
+                _ => None,
+            };
             (Some(next), opened)
         });
-        if opened {
-            tracing::warn!(registry, cooldown = ?self.cooldown, "circuit breaker opened: lookups to this registry fail fast until the cool-down ends");
+        match opened {
+            Some((until, true)) => {
+                tracing::warn!(registry, pause = ?until.saturating_duration_since(now), "registry asked tagpin to wait (429 with Retry-After): no lookups to it until then; those that can afford it wait, the others fail fast")
+            }
+            Some((_, false)) => {
+                tracing::warn!(registry, cooldown = ?self.cooldown, "circuit breaker opened: lookups to this registry fail fast until the cool-down ends")
+            }
+            None => {}
         }
     }
 
