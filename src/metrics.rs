@@ -65,6 +65,9 @@ pub struct Metrics {
     pub breaker_state: Family<RegistryLabel, Gauge>,
     pub kube_reads: Family<KubeReadLabels, Counter>,
     pub plugin_runs: Family<PluginRunLabels, Counter>,
+    /// Log lines dropped because the log sink fell behind (`serve`'s non-blocking writer keeps
+    /// the count; [`Metrics::record_log_lines_dropped`] copies it here before a scrape).
+    pub log_lines_dropped: Counter,
 }
 
 fn admission_histogram() -> Histogram {
@@ -165,7 +168,14 @@ impl Metrics {
             "Credential-provider plugin runs, by provider and outcome",
             plugin_runs.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log sink (stderr) fell behind; admissions never wait for it",
+            log_lines_dropped.clone(),
+        );
         Self {
+            log_lines_dropped,
             registry,
             registry_labels: Default::default(),
             max_registry_labels: max,
@@ -180,6 +190,13 @@ impl Metrics {
             kube_reads,
             plugin_runs,
         }
+    }
+
+    /// Sets the dropped log lines counter to `total`, the writer's own count (never lowers it).
+    pub fn record_log_lines_dropped(&self, total: u64) {
+        self.log_lines_dropped
+            .inner()
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Prometheus text exposition.
