@@ -207,3 +207,19 @@ impl Metrics {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_log_lines_follow_the_writer_count_and_never_go_down() {
+        let m = Metrics::new();
+        assert!(m.encode().contains("tagpin_log_lines_dropped_total 0"));
+        m.record_log_lines_dropped(42);
+        assert!(m.encode().contains("tagpin_log_lines_dropped_total 42"));
+        // An older, smaller reading (scrapes racing) never lowers it.
+        m.record_log_lines_dropped(7);
+        assert!(m.encode().contains("tagpin_log_lines_dropped_total 42"));
+    }
+}
