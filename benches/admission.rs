@@ -13,8 +13,8 @@ use std::time::Duration;
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
 use tagpin::admission::{decide, parse_review, plan, response, Endpoint};
-use tagpin::reference::ImageRef;
 use tagpin::pin;
+use tagpin::reference::ImageRef;
 use tagpin::resolve::{BatchRequest, Budget, ImageOutcome};
 
 // The allocator the binary ships with (src/main.rs), so the figures are the shipped ones.

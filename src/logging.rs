@@ -269,7 +269,12 @@ mod tests {
         }
     }
 
-    fn blocked_sink() -> (Blocked, mpsc::Receiver<()>, mpsc::Sender<()>, Arc<Mutex<Vec<u8>>>) {
+    fn blocked_sink() -> (
+        Blocked,
+        mpsc::Receiver<()>,
+        mpsc::Sender<()>,
+        Arc<Mutex<Vec<u8>>>,
+    ) {
         let (entered, entered_rx) = mpsc::channel();
         let (release_tx, release) = mpsc::channel();
         let written = Arc::new(Mutex::new(Vec::new()));
@@ -299,7 +304,10 @@ mod tests {
         // 4 queued behind the stuck write; the other 96 dropped, none waited for.
         assert_eq!(w.dropped(), 96);
         release.send(()).unwrap();
-        assert!(flush.flush(Duration::from_secs(60)), "written once released");
+        assert!(
+            flush.flush(Duration::from_secs(60)),
+            "written once released"
+        );
         let text = String::from_utf8(written.lock().unwrap().clone()).unwrap();
         assert_eq!(text, "first\nline 0\nline 1\nline 2\nline 3\n");
         // Room again: nothing more is dropped.
@@ -332,7 +340,10 @@ mod tests {
         }
         drop(flush);
         let want: String = (0..10).map(|i| format!("a{i} b{i}\n")).collect();
-        assert_eq!(String::from_utf8(written.lock().unwrap().clone()).unwrap(), want);
+        assert_eq!(
+            String::from_utf8(written.lock().unwrap().clone()).unwrap(),
+            want
+        );
         assert_eq!(w.dropped(), 0);
     }
 

@@ -241,11 +241,17 @@ mod tests {
                 .unwrap();
             rt.block_on(async {
                 // The first admission's line reaches the sink, which never returns.
-                admitter.review(&review("u0"), Endpoint::Mutate).await.unwrap();
+                admitter
+                    .review(&review("u0"), Endpoint::Mutate)
+                    .await
+                    .unwrap();
                 entered.recv().unwrap();
                 for i in 1..=50 {
                     let uid = format!("u{i}");
-                    let out = admitter.review(&review(&uid), Endpoint::Mutate).await.unwrap();
+                    let out = admitter
+                        .review(&review(&uid), Endpoint::Mutate)
+                        .await
+                        .unwrap();
                     assert_eq!(out.response.uid, uid);
                     assert!(out.response.allowed);
                 }

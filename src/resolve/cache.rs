@@ -304,7 +304,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(c.fresh_now(&image, &anon), Some(d(1)));
-        assert_eq!(c.fresh_now(&image, &basic), None, "another credential's answer");
+        assert_eq!(
+            c.fresh_now(&image, &basic),
+            None,
+            "another credential's answer"
+        );
         assert_eq!(c.fresh_now(&latest, &basic), Some(d(2)));
         assert_eq!(c.fresh_now(&latest, &anon), None);
         let other = ImageRef::parse("reg.example/app:2").unwrap();

@@ -689,12 +689,23 @@ mod tests {
         let p = Parsed::new();
         let long = format!("reg.example/{}:v1", "a".repeat(PARSED_MAX_LEN));
         let invalid = format!("{}:v1", "A".repeat(PARSED_MAX_LEN));
-        assert!(matches!(p.classify(&long, &skip), Class::Tag(_) | Class::Invalid(_)));
+        assert!(matches!(
+            p.classify(&long, &skip),
+            Class::Tag(_) | Class::Invalid(_)
+        ));
         assert!(matches!(p.classify(&invalid, &skip), Class::Invalid(_)));
-        assert_eq!(p.len(), 0, "strings past {PARSED_MAX_LEN} bytes are not kept");
+        assert_eq!(
+            p.len(),
+            0,
+            "strings past {PARSED_MAX_LEN} bytes are not kept"
+        );
         p.classify("nginx:1", &skip);
         p.classify(&format!("nginx@sha256:{}", "1".repeat(64)), &skip);
-        assert_eq!(p.len(), 1, "a digest is recognized without a parse, and not kept");
+        assert_eq!(
+            p.len(),
+            1,
+            "a digest is recognized without a parse, and not kept"
+        );
     }
 
     #[tokio::test]
@@ -712,8 +723,9 @@ mod tests {
             .unwrap();
         // The whole batch runs inside one poll: no task to wait for (a spawned lookup would
         // leave it pending on a current-thread runtime).
+        let req = BatchRequest::default();
         let batch = r.resolve_batch(
-            &BatchRequest::default(),
+            &req,
             &["192.0.2.1:5000/app:1"],
             Budget::from_now(Duration::from_secs(5)),
         );
