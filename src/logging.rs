@@ -252,7 +252,7 @@ mod tests {
     struct Blocked {
         entered: mpsc::Sender<()>,
         release: Arc<Mutex<Option<mpsc::Receiver<()>>>>,
-        written: Arc<Mutex<Vec<u8>>>,
+        written: Written,
     }
 
     impl Write for Blocked {
@@ -269,12 +269,10 @@ mod tests {
         }
     }
 
-    fn blocked_sink() -> (
-        Blocked,
-        mpsc::Receiver<()>,
-        mpsc::Sender<()>,
-        Arc<Mutex<Vec<u8>>>,
-    ) {
+    /// What a test sink received.
+    type Written = Arc<Mutex<Vec<u8>>>;
+
+    fn blocked_sink() -> (Blocked, mpsc::Receiver<()>, mpsc::Sender<()>, Written) {
         let (entered, entered_rx) = mpsc::channel();
         let (release_tx, release) = mpsc::channel();
         let written = Arc::new(Mutex::new(Vec::new()));
