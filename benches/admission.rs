@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
-use tagpin::admission::Endpoint;
+use tagpin::admission::{decide, parse_review, plan, response, Endpoint};
 use tagpin::pin;
+use tagpin::reference::ImageRef;
 use tagpin::resolve::{BatchRequest, Budget, ImageOutcome};
 
 // The allocator the binary ships with (src/main.rs), so the figures are the shipped ones.
@@ -87,6 +88,28 @@ fn benches(c: &mut Criterion) {
         b.to_async(&rt)
             .iter(|| async { black_box(post(&router, "/mutate", body.clone()).await) })
     });
+    // The cached path per container (issue 25): Pods of 1, 4, 16 and 64 containers, each a tag
+    // of its own, every tag cached. The cost of an extra container is the slope.
+    let many: Vec<String> = rt.block_on(async {
+        let p = reg.pusher();
+        let mut v = Vec::new();
+        for i in 0..64 {
+            p.push("many", &format!("v{i}"), Kind::Oci).await;
+            v.push(format!("{a}/many:v{i}"));
+        }
+        v
+    });
+    for n in [1, 4, 16, 64] {
+        let names: Vec<&str> = many[..n].iter().map(String::as_str).collect();
+        let body = serde_json::to_vec(&pod_review(&format!("bench-{n}"), &names)).unwrap();
+        let warm = rt.block_on(adm.review(&body, Endpoint::Mutate)).unwrap();
+        assert!(warm.response.patch.is_some(), "{n} containers pinned");
+        g.bench_function(format!("cached_admission_{n}_containers"), |b| {
+            b.to_async(&rt)
+                .iter(|| async { black_box(adm.review(&body, Endpoint::Mutate).await.unwrap()) })
+        });
+    }
+
     // A Deployment: template paths, the record on object and template.
     let deploy = serde_json::to_vec(&fixture("deployment-create.json", &refs[..2])).unwrap();
     rt.block_on(adm.review(&deploy, Endpoint::Mutate)).unwrap();
@@ -167,6 +190,48 @@ fn benches(c: &mut Criterion) {
             let r = pin::render(&plan, &opts, &results);
             assert_eq!((r.pinned, r.edited, r.problems.len()), (200, 200, 0));
             black_box(r.text.len())
+        })
+    });
+    g.finish();
+
+    // The pieces of the cached path (issue 25), no I/O: classifying the 4 images of the cached
+    // Pod by parsing each (the reference grammar is a regex) against by the resolver's kept
+    // parses (what an admission does now); and building the answer (decide, the patch, base64,
+    // the JSON) from the outcomes.
+    let mut g = c.benchmark_group("pieces");
+    g.measurement_time(Duration::from_secs(3));
+    let four: Vec<String> = images.iter().chain(&many).take(4).cloned().collect();
+    g.bench_function("parse_4_image_references", |b| {
+        b.iter(|| {
+            for i in &four {
+                black_box(ImageRef::parse(black_box(i)).unwrap());
+            }
+        })
+    });
+    g.bench_function("classify_4_images_seen_before", |b| {
+        b.iter(|| {
+            for i in &four {
+                black_box(adm.resolver.classify(black_box(i)));
+            }
+        })
+    });
+    let four_refs: Vec<&str> = four.iter().map(String::as_str).collect();
+    let body4 = serde_json::to_vec(&pod_review("bench-answer", &four_refs)).unwrap();
+    let (api_version, req) = parse_review(&body4).unwrap();
+    let p = plan(&req);
+    let sites: Vec<&str> = p.sites.iter().map(|s| s.image.as_str()).collect();
+    let outcomes = rt
+        .block_on(adm.resolver.resolve_batch(
+            &BatchRequest::default(),
+            &sites,
+            Budget::from_now(Duration::from_secs(5)),
+        ))
+        .outcomes;
+    g.bench_function("answer_4_pins", |b| {
+        b.iter(|| {
+            let d = decide(&p, &outcomes, Endpoint::Mutate, false);
+            let out = response(api_version.clone(), req.uid.clone(), &d);
+            black_box(serde_json::to_vec(&out).unwrap())
         })
     });
     g.finish();

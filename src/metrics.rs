@@ -67,6 +67,9 @@ pub struct Metrics {
     pub plugin_runs: Family<PluginRunLabels, Counter>,
     /// The serving certificate's `notAfter` (Unix seconds), set by `tls` at load and each reload.
     pub tls_not_after: Gauge,
+    /// Log lines dropped because the log sink fell behind (`serve`'s non-blocking writer keeps
+    /// the count; [`Metrics::record_log_lines_dropped`] copies it here before a scrape).
+    pub log_lines_dropped: Counter,
 }
 
 fn admission_histogram() -> Histogram {
@@ -173,7 +176,14 @@ impl Metrics {
             "Expiry (notAfter, Unix time) of the serving certificate in use; follows reloads",
             tls_not_after.clone(),
         );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "log_lines_dropped",
+            "Log lines dropped because the log sink (stderr) fell behind; admissions never wait for it",
+            log_lines_dropped.clone(),
+        );
         Self {
+            log_lines_dropped,
             registry,
             registry_labels: Default::default(),
             max_registry_labels: max,
@@ -191,11 +201,34 @@ impl Metrics {
         }
     }
 
+    /// Sets the dropped log lines counter to `total`, the writer's own count (never lowers it).
+    pub fn record_log_lines_dropped(&self, total: u64) {
+        self.log_lines_dropped
+            .inner()
+            .fetch_max(total, std::sync::atomic::Ordering::Relaxed);
+    }
+
     /// Prometheus text exposition.
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dropped_log_lines_follow_the_writer_count_and_never_go_down() {
+        let m = Metrics::new();
+        assert!(m.encode().contains("tagpin_log_lines_dropped_total 0"));
+        m.record_log_lines_dropped(42);
+        assert!(m.encode().contains("tagpin_log_lines_dropped_total 42"));
+        // An older, smaller reading (scrapes racing) never lowers it.
+        m.record_log_lines_dropped(7);
+        assert!(m.encode().contains("tagpin_log_lines_dropped_total 42"));
     }
 }

@@ -6,12 +6,18 @@
 //! `docker.io/library/nginx@sha256:…`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use oci_client::Reference;
 
-/// An image as found in an object, split into the parts tagpin needs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ImageRef {
+/// An image as found in an object, split into the parts tagpin needs. Cheap to clone (the parts
+/// are shared): an admission hands one per image to its answer, and the resolver keeps parsed
+/// references to answer the next admission without parsing again.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ImageRef(Arc<Parts>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Parts {
     /// The string exactly as written in the object.
     original: String,
     /// The repository part exactly as written (`original` without `:tag`).
@@ -22,6 +28,15 @@ pub struct ImageRef {
     registry: String,
     /// Repository path inside the registry (`library/nginx`).
     repository: String,
+    /// `registry/repository:tag`, the digest cache's name for this tag (built once here, so a
+    /// cache lookup builds no string).
+    cache_name: Box<str>,
+}
+
+impl fmt::Debug for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
 }
 
 /// Why an image string cannot be pinned. Carries the image so every message names it.
@@ -71,51 +86,73 @@ impl ImageRef {
         let parsed: Reference = image
             .parse()
             .map_err(|e: oci_client::ParseError| invalid(&e.to_string()))?;
-        Ok(Self {
+        let (registry, repository) = (parsed.resolve_registry(), parsed.repository());
+        let tag_or_latest = tag.unwrap_or("latest");
+        let mut cache_name =
+            String::with_capacity(registry.len() + repository.len() + tag_or_latest.len() + 2);
+        cache_name.push_str(registry);
+        cache_name.push('/');
+        cache_name.push_str(repository);
+        cache_name.push(':');
+        cache_name.push_str(tag_or_latest);
+        Ok(Self(Arc::new(Parts {
             original: image.to_string(),
             written_repo: written_repo.to_string(),
             tag: tag.map(str::to_string),
-            registry: parsed.resolve_registry().to_string(),
-            repository: parsed.repository().to_string(),
-        })
+            registry: registry.to_string(),
+            repository: repository.to_string(),
+            cache_name: cache_name.into_boxed_str(),
+        })))
     }
 
     /// The image exactly as written.
     pub fn original(&self) -> &str {
-        &self.original
+        &self.0.original
     }
     /// Registry host (and port) the HTTP API is reached at.
     pub fn registry(&self) -> &str {
-        &self.registry
+        &self.0.registry
     }
     /// Repository path inside the registry.
     pub fn repository(&self) -> &str {
-        &self.repository
+        &self.0.repository
     }
     /// The tag to resolve (`latest` when none was written).
     pub fn tag(&self) -> &str {
-        self.tag.as_deref().unwrap_or("latest")
+        self.0.tag.as_deref().unwrap_or("latest")
     }
     /// The repository exactly as written (no tag).
     pub fn written_repository(&self) -> &str {
-        &self.written_repo
+        &self.0.written_repo
+    }
+
+    /// `registry/repository:tag` (the tag `latest` when none was written): what the digest
+    /// cache calls this tag.
+    pub fn cache_name(&self) -> &str {
+        &self.0.cache_name
     }
 
     /// The pinned spelling: `<repo as written>@<digest>`, or with `keep_tag`
     /// `<repo as written>:<tag>@<digest>` (an implicit tag is written out as `:latest`, so the
     /// record of which tag was resolved is never lost).
     pub fn pinned(&self, digest: &Digest, keep_tag: bool) -> String {
+        let repo = self.written_repository();
+        let tag = if keep_tag { self.tag() } else { "" };
+        let mut out = String::with_capacity(repo.len() + tag.len() + 2 + digest.text_len());
+        out.push_str(repo);
         if keep_tag {
-            format!("{}:{}@{}", self.written_repo, self.tag(), digest)
-        } else {
-            format!("{}@{}", self.written_repo, digest)
+            out.push(':');
+            out.push_str(tag);
         }
+        out.push('@');
+        digest.push_to(&mut out);
+        out
     }
 }
 
 impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.original)
+        f.write_str(self.original())
     }
 }
 
@@ -167,6 +204,40 @@ impl Digest {
         }
     }
 
+    /// Length of the canonical text (`sha256:` and 64 hex digits, or `sha512:` and 128).
+    pub fn text_len(&self) -> usize {
+        7 + 2 * self.bytes().len()
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Self::Sha256(b) => b,
+            Self::Sha512(b) => &b[..],
+        }
+    }
+
+    /// The canonical text written into `buf`, hex digits from a table (no formatter per byte).
+    fn encode<'b>(&self, buf: &'b mut [u8; 135]) -> &'b str {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let alg: &[u8; 7] = match self {
+            Self::Sha256(_) => b"sha256:",
+            Self::Sha512(_) => b"sha512:",
+        };
+        buf[..7].copy_from_slice(alg);
+        let bytes = self.bytes();
+        for (i, b) in bytes.iter().enumerate() {
+            buf[7 + 2 * i] = HEX[usize::from(b >> 4)];
+            buf[8 + 2 * i] = HEX[usize::from(b & 0xf)];
+        }
+        // Only ASCII was written.
+        std::str::from_utf8(&buf[..self.text_len()]).unwrap_or_default()
+    }
+
+    /// Appends the canonical text to `out`.
+    pub fn push_to(&self, out: &mut String) {
+        out.push_str(self.encode(&mut [0; 135]));
+    }
+
     /// The sha256 digest of exact bytes.
     pub fn sha256_of(bytes: &[u8]) -> Self {
         use sha2::{Digest as _, Sha256};
@@ -176,16 +247,7 @@ impl Digest {
 
 impl fmt::Display for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let (alg, bytes): (&str, &[u8]) = match self {
-            Self::Sha256(b) => ("sha256", b),
-            Self::Sha512(b) => ("sha512", &b[..]),
-        };
-        f.write_str(alg)?;
-        f.write_str(":")?;
-        for b in bytes {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(self.encode(&mut [0; 135]))
     }
 }
 

@@ -169,3 +169,96 @@ impl Admitter {
             .observe(started.elapsed().as_secs_f64());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::{mpsc, Mutex};
+
+    use super::*;
+    use crate::logging::NonBlocking;
+    use crate::resolve::ResolverConfig;
+
+    /// A log sink whose first write blocks until the test ends.
+    struct Stuck {
+        entered: mpsc::Sender<()>,
+        release: Mutex<Option<mpsc::Receiver<()>>>,
+    }
+
+    impl Write for Stuck {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            if let Some(release) = self.release.lock().map(|mut r| r.take()).unwrap_or(None) {
+                let _ = self.entered.send(());
+                let _ = release.recv();
+            }
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn review(uid: &str) -> Vec<u8> {
+        let image = format!("app@sha256:{}", "1".repeat(64));
+        serde_json::to_vec(&serde_json::json!({
+            "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+            "request": {"uid": uid, "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "ns", "operation": "CREATE", "userInfo": {"username": "u"},
+                "object": {"metadata": {"name": "p"},
+                    "spec": {"containers": [{"name": "c", "image": image}]}}}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_stuck_log_sink_does_not_hold_up_admissions_and_their_lines_are_counted_as_dropped() {
+        crate::install_crypto_provider();
+        let (entered_tx, entered) = mpsc::channel();
+        let (release, release_rx) = mpsc::channel::<()>();
+        let sink = Stuck {
+            entered: entered_tx,
+            release: Mutex::new(Some(release_rx)),
+        };
+        let (writer, _flush) = NonBlocking::new(sink, 8);
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(writer.clone())
+            .finish();
+        let metrics = Arc::new(Metrics::new());
+        let admitter = Admitter {
+            resolver: Resolver::new(ResolverConfig::default(), metrics.clone()).unwrap(),
+            config: Arc::new(AdmissionConfig {
+                keep_tag: false,
+                resolve_timeout: Duration::from_secs(5),
+                stale_on_error: true,
+            }),
+            metrics,
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                // The first admission's line reaches the sink, which never returns.
+                admitter
+                    .review(&review("u0"), Endpoint::Mutate)
+                    .await
+                    .unwrap();
+                entered.recv().unwrap();
+                for i in 1..=50 {
+                    let uid = format!("u{i}");
+                    let out = admitter
+                        .review(&review(&uid), Endpoint::Mutate)
+                        .await
+                        .unwrap();
+                    assert_eq!(out.response.uid, uid);
+                    assert!(out.response.allowed);
+                }
+            });
+        });
+        // 8 lines wait in the queue; the other 42 were dropped and counted.
+        assert_eq!(writer.dropped(), 42);
+        drop(release);
+    }
+}

@@ -11,7 +11,8 @@ use crate::metrics::Metrics;
 /// Builds the admitter (metrics first, then the resolver that records into them, reading pull
 /// secrets through the cluster) and serves until a shutdown signal has been drained.
 pub async fn run(args: ServeArgs) -> Result<(), CommandError> {
-    crate::logging::init(args.registry.log_format);
+    // Lines are written by a thread of their own; the guard writes out the last ones on return.
+    let _logs = crate::logging::init_non_blocking(args.registry.log_format);
     let metrics = Arc::new(Metrics::with_max_registries(args.metrics_max_registries));
     let cluster = Cluster::for_serve(
         args.registry.no_kube,

@@ -35,18 +35,33 @@ pub struct Key {
 
 impl Key {
     pub fn new(image: &ImageRef, cred: &Credential) -> Self {
-        let mut name = String::with_capacity(
-            image.registry().len() + image.repository().len() + image.tag().len() + 2,
-        );
-        name.push_str(image.registry());
-        name.push('/');
-        name.push_str(image.repository());
-        name.push(':');
-        name.push_str(image.tag());
         Self {
-            name: name.into_boxed_str(),
+            name: image.cache_name().into(),
             credential: cred.shared_id(),
         }
+    }
+}
+
+/// A [`Key`] borrowed from an image and a credential: a lookup builds no string. It hashes as the
+/// `Key` it equals (both hash the two strings in the same order, as `derive(Hash)` does).
+#[derive(Hash)]
+struct KeyRef<'a> {
+    name: &'a str,
+    credential: &'a str,
+}
+
+impl<'a> KeyRef<'a> {
+    fn new(image: &'a ImageRef, cred: &'a Credential) -> Self {
+        Self {
+            name: image.cache_name(),
+            credential: cred.id(),
+        }
+    }
+}
+
+impl quick_cache::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        *self.name == *key.name && *self.credential == *key.credential
     }
 }
 
@@ -113,7 +128,10 @@ impl DigestCache {
     }
 
     /// The entry for `key` if it may still answer; one past both TTLs is dropped.
-    fn entry(&self, key: &Key) -> Option<Known> {
+    fn entry<Q>(&self, key: &Q) -> Option<Known>
+    where
+        Q: std::hash::Hash + quick_cache::Equivalent<Key>,
+    {
         let k = self.known.get(key)?;
         if k.fetched.elapsed() < self.keep {
             return Some(k);
@@ -127,6 +145,13 @@ impl DigestCache {
     /// The digest fetched for `key` within the fresh TTL.
     pub async fn fresh(&self, key: &Key) -> Option<Digest> {
         let k = self.entry(key)?;
+        (k.fetched.elapsed() < self.fresh_for).then_some(k.digest)
+    }
+
+    /// [`Self::fresh`] for `image` with `cred`, answered on the spot (the cached path of an
+    /// admission: no task, no key built).
+    pub fn fresh_now(&self, image: &ImageRef, cred: &Credential) -> Option<Digest> {
+        let k = self.entry(&KeyRef::new(image, cred))?;
         (k.fetched.elapsed() < self.fresh_for).then_some(k.digest)
     }
 
@@ -254,6 +279,40 @@ mod tests {
             assert_eq!(c.fresh(&key("0")).await, Some(d(1)), "after {i} others");
         }
         assert!(c.len() <= 100, "{} entries for a capacity of 100", c.len());
+    }
+
+    #[tokio::test]
+    async fn a_lookup_on_the_spot_finds_what_a_load_stored_for_that_tag_and_credential_only() {
+        use super::super::credentials::Secret;
+        let c = DigestCache::new(10, Duration::from_secs(60), None);
+        let anon = Credential::anonymous();
+        let basic = Credential::new(
+            "test",
+            Secret::Basic {
+                username: "u".into(),
+                password: "p".into(),
+            },
+        );
+        let image = ImageRef::parse("reg.example/app:1").unwrap();
+        // `app` and `app:latest` are one tag: the same cache name.
+        let implicit = ImageRef::parse("reg.example/app").unwrap();
+        let latest = ImageRef::parse("reg.example/app:latest").unwrap();
+        c.load(Key::new(&image, &anon), async { Ok::<_, ()>(d(1)) })
+            .await
+            .unwrap();
+        c.load(Key::new(&implicit, &basic), async { Ok::<_, ()>(d(2)) })
+            .await
+            .unwrap();
+        assert_eq!(c.fresh_now(&image, &anon), Some(d(1)));
+        assert_eq!(
+            c.fresh_now(&image, &basic),
+            None,
+            "another credential's answer"
+        );
+        assert_eq!(c.fresh_now(&latest, &basic), Some(d(2)));
+        assert_eq!(c.fresh_now(&latest, &anon), None);
+        let other = ImageRef::parse("reg.example/app:2").unwrap();
+        assert_eq!(c.fresh_now(&other, &anon), None);
     }
 
     #[tokio::test]

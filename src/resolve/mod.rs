@@ -182,6 +182,60 @@ pub fn classify(image: &str, skip_prefixes: &[String]) -> Class {
     }
 }
 
+/// Parsed references kept, by image string (see [`Parsed`]).
+const PARSED_CAPACITY: u64 = 4_096;
+/// Longest image string whose parse is kept: longer ones (no valid reference is this long in
+/// practice: a repository name is at most 255 characters) are parsed each time, so hostile
+/// strings cannot make the kept parses large.
+const PARSED_MAX_LEN: usize = 256;
+
+/// Image strings already parsed, and what they parsed to: a cached admission classifies its
+/// images by one lookup each, not a parse (the reference grammar is a regex; parsing was about a
+/// tenth of the cached path's time, issue 25). Bounded in entries and in the length of a string
+/// kept; what is evicted is parsed again when next seen.
+struct Parsed {
+    refs: quick_cache::sync::Cache<Box<str>, Result<ImageRef, ReferenceError>>,
+}
+
+impl Parsed {
+    fn new() -> Self {
+        Self {
+            refs: quick_cache::sync::Cache::new(PARSED_CAPACITY as usize),
+        }
+    }
+
+    /// Classifies `image` as [`classify`] does, parsing it only the first time it is seen.
+    fn classify(&self, image: &str, skip_prefixes: &[String]) -> Class {
+        if skip_prefixes.iter().any(|p| image.starts_with(p.as_str())) {
+            return Class::Skipped;
+        }
+        // A digest is recognized without a parse (as `ImageRef::parse` does, first).
+        if image.contains('@') {
+            return Class::HasDigest;
+        }
+        let parsed = match self.refs.get(image) {
+            Some(p) => p,
+            None => {
+                let p = ImageRef::parse(image);
+                if image.len() <= PARSED_MAX_LEN {
+                    self.refs.insert(image.into(), p.clone());
+                }
+                p
+            }
+        };
+        match parsed {
+            Ok(r) => Class::Tag(r),
+            Err(ReferenceError::HasDigest { .. }) => Class::HasDigest,
+            Err(e) => Class::Invalid(e),
+        }
+    }
+
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.refs.len()
+    }
+}
+
 /// What became of one image of a batch.
 #[derive(Debug, Clone)]
 pub enum ImageOutcome {
@@ -278,6 +332,7 @@ struct Inner {
     max_images_per_batch: Option<usize>,
     docker_config: CredentialSet,
     skip_prefixes: Vec<String>,
+    parsed: Parsed,
     cache: DigestCache,
     breakers: Breakers,
     metrics: Arc<Metrics>,
@@ -297,6 +352,7 @@ impl Resolver {
             max_images_per_batch: cfg.max_images_per_batch,
             docker_config: cfg.docker_config,
             skip_prefixes: cfg.skip_prefixes,
+            parsed: Parsed::new(),
             cache: DigestCache::new(cfg.cache_capacity, cfg.cache_ttl, cfg.stale_ttl),
             breakers: Breakers::new(
                 cfg.breaker_threshold,
@@ -325,7 +381,7 @@ impl Resolver {
         let mut slots: Vec<Option<usize>> = Vec::with_capacity(images.len());
         for image in images {
             let image = image.as_ref();
-            match classify(image, &self.0.skip_prefixes) {
+            match self.classify(image) {
                 Class::Tag(r) => {
                     let i = *seen.entry(image).or_insert_with(|| {
                         distinct.push(r);
@@ -374,6 +430,12 @@ impl Resolver {
         }
     }
 
+    /// [`classify`] with this resolver's `--skip-prefix`es, parsing a string only the first time
+    /// it is seen (within the bound of the kept parses).
+    pub fn classify(&self, image: &str) -> Class {
+        self.0.parsed.classify(image, &self.0.skip_prefixes)
+    }
+
     /// Cuts `distinct` to the batch limit; returns the tags cut off, in order.
     fn over_limit(&self, distinct: &mut Vec<ImageRef>) -> Vec<ImageRef> {
         match self.0.max_images_per_batch {
@@ -398,8 +460,10 @@ impl Resolver {
         out
     }
 
-    /// Resolves distinct tags concurrently under one deadline. Lookups outliving it are answered
-    /// as failed (or stale) while they go on and fill the cache.
+    /// Resolves distinct tags under one deadline: a tag with a fresh cached digest is answered on
+    /// the spot; the others are looked up concurrently, each in a task of its own. Lookups
+    /// outliving the deadline are answered as failed (or stale) while they go on and fill the
+    /// cache.
     async fn resolve_distinct(
         &self,
         images: &[ImageRef],
@@ -407,23 +471,33 @@ impl Resolver {
         budget: Budget,
         req: &BatchRequest<'_>,
     ) -> Vec<Outcome> {
-        let handles: Vec<_> = images
-            .iter()
-            .map(|image| {
-                let creds = self.candidates(image, request_credentials);
-                let (this, image) = (self.clone(), image.clone());
-                let progress = req.progress.clone();
-                tokio::spawn(async move {
-                    let r = this.resolve_one(&image, &creds).await;
-                    if let Some(p) = progress {
-                        p.fetch_add(1, Ordering::Relaxed);
-                    }
-                    r
-                })
-            })
-            .collect();
         let mut out = Vec::with_capacity(images.len());
-        for (image, handle) in images.iter().zip(handles) {
+        let mut misses = Vec::new();
+        for (i, image) in images.iter().enumerate() {
+            let creds = self.candidates(image, request_credentials);
+            if let Some(d) = self.fresh(image, &creds) {
+                if let Some(p) = &req.progress {
+                    p.fetch_add(1, Ordering::Relaxed);
+                }
+                out.push(Outcome::Pinned(d));
+                continue;
+            }
+            // Replaced below, once the lookup ends or the deadline passes.
+            out.push(Outcome::Failed(LookupError::Internal(String::new())));
+            let (this, image) = (self.clone(), image.clone());
+            let progress = req.progress.clone();
+            // Boxed: the lookup's future is large, and only a miss pays for it.
+            let lookup = Box::pin(async move {
+                let r = this.resolve_one(&image, &creds).await;
+                if let Some(p) = progress {
+                    p.fetch_add(1, Ordering::Relaxed);
+                }
+                r
+            });
+            misses.push((i, tokio::spawn(lookup)));
+        }
+        for (i, handle) in misses {
+            let image = &images[i];
             let result = match tokio::time::timeout_at(budget.deadline().into(), handle).await {
                 Ok(Ok(r)) => r,
                 Ok(Err(join)) => Err(LookupError::Internal(join.to_string())),
@@ -432,7 +506,7 @@ impl Resolver {
                     after: budget.timeout,
                 }),
             };
-            out.push(match result {
+            out[i] = match result {
                 Ok(d) => Outcome::Pinned(d),
                 Err(e) if req.allow_stale && e.is_outage() => {
                     match self.last_known(image, request_credentials).await {
@@ -444,9 +518,20 @@ impl Resolver {
                     }
                 }
                 Err(e) => Outcome::Failed(e),
-            });
+            };
         }
         out
+    }
+
+    /// A digest any of `creds` already obtained for `image`, fresh: a cache hit, counted. In the
+    /// order of `creds`, so a digest the request's own credentials obtained answers it before a
+    /// refused credential earlier in the list is tried again.
+    fn fresh(&self, image: &ImageRef, creds: &[Credential]) -> Option<Digest> {
+        let d = creds
+            .iter()
+            .find_map(|cred| self.0.cache.fresh_now(image, cred))?;
+        self.0.metrics.cache_hits.inc();
+        Some(d)
     }
 
     async fn last_known(&self, image: &ImageRef, request: &[CredentialSet]) -> Option<Digest> {
@@ -467,12 +552,10 @@ impl Resolver {
     ) -> Result<Digest, LookupError> {
         // A digest any of this request's own credentials already obtained answers it, before
         // a refused credential earlier in the list is tried again (a stale pull secret listed
-        // first would otherwise cost a registry round trip on every admission).
-        for cred in creds {
-            if let Some(d) = self.0.cache.fresh(&Key::new(image, cred)).await {
-                self.0.metrics.cache_hits.inc();
-                return Ok(d);
-            }
+        // first would otherwise cost a registry round trip on every admission). Asked again
+        // here: another lookup may have filled the cache since the batch looked.
+        if let Some(d) = self.fresh(image, creds) {
+            return Ok(d);
         }
         let mut refusals: Vec<LookupError> = Vec::new();
         for cred in creds {
@@ -615,6 +698,7 @@ impl Resolver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::Future as _;
 
     #[test]
     fn classification() {
@@ -624,6 +708,79 @@ mod tests {
         assert_eq!(classify(&d, &skip), Class::HasDigest);
         assert_eq!(classify("kind.local/x:1", &skip), Class::Skipped);
         assert!(matches!(classify("Bad:Image", &skip), Class::Invalid(_)));
+    }
+
+    #[test]
+    fn kept_parses_are_bounded_in_count_and_in_length() {
+        let p = Parsed::new();
+        let skip = Vec::new();
+        for i in 0..3 * PARSED_CAPACITY {
+            let image = format!("reg.example/app{i}:v1");
+            assert!(matches!(p.classify(&image, &skip), Class::Tag(_)));
+        }
+        // quick_cache may hold a little more than asked for while it settles.
+        assert!(
+            p.len() as u64 <= PARSED_CAPACITY + PARSED_CAPACITY / 10,
+            "{} kept for a bound of {PARSED_CAPACITY}",
+            p.len()
+        );
+        let p = Parsed::new();
+        let long = format!("reg.example/{}:v1", "a".repeat(PARSED_MAX_LEN));
+        let invalid = format!("{}:v1", "A".repeat(PARSED_MAX_LEN));
+        assert!(matches!(
+            p.classify(&long, &skip),
+            Class::Tag(_) | Class::Invalid(_)
+        ));
+        assert!(matches!(p.classify(&invalid, &skip), Class::Invalid(_)));
+        assert_eq!(
+            p.len(),
+            0,
+            "strings past {PARSED_MAX_LEN} bytes are not kept"
+        );
+        p.classify("nginx:1", &skip);
+        p.classify(&format!("nginx@sha256:{}", "1".repeat(64)), &skip);
+        assert_eq!(
+            p.len(),
+            1,
+            "a digest is recognized without a parse, and not kept"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cached_tag_is_answered_without_a_task() {
+        crate::install_crypto_provider();
+        let r = Resolver::new(ResolverConfig::default(), Arc::new(Metrics::new())).unwrap();
+        // 192.0.2.1 (TEST-NET-1) is refused by the address policy: a miss fails fast.
+        let image = ImageRef::parse("192.0.2.1:5000/app:1").unwrap();
+        let d = Digest::Sha256([7; 32]);
+        r.0.cache
+            .load(Key::new(&image, &Credential::anonymous()), async {
+                Ok::<_, ()>(d.clone())
+            })
+            .await
+            .unwrap();
+        // The whole batch runs inside one poll: no task to wait for (a spawned lookup would
+        // leave it pending on a current-thread runtime).
+        let req = BatchRequest::default();
+        let batch = r.resolve_batch(
+            &req,
+            &["192.0.2.1:5000/app:1"],
+            Budget::from_now(Duration::from_secs(5)),
+        );
+        let mut batch = std::pin::pin!(batch);
+        let waker = std::task::Waker::noop();
+        let polled = batch
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(waker));
+        match polled {
+            std::task::Poll::Ready(b) => assert!(matches!(
+                b.outcomes.as_slice(),
+                [ImageOutcome::Resolved(_, Outcome::Pinned(got))] if *got == d
+            )),
+            std::task::Poll::Pending => panic!("a cached tag waited for a task"),
+        }
+        assert_eq!(r.0.metrics.cache_hits.get(), 1);
+        assert_eq!(r.0.metrics.cache_misses.get(), 0);
     }
 
     #[tokio::test]

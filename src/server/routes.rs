@@ -188,6 +188,7 @@ pub fn metrics_router(metrics: Arc<Metrics>, ready: Arc<AtomicBool>) -> Router {
             get(move || {
                 let m = metrics.clone();
                 async move {
+                    m.record_log_lines_dropped(crate::logging::dropped_lines());
                     (
                         [(
                             header::CONTENT_TYPE,
