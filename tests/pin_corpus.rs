@@ -236,6 +236,47 @@ async fn skip_invalid_keeps_the_skipped_document_in_every_output_mode() {
     check(&std::fs::read_to_string(&f).unwrap(), "--in-place");
 }
 
+/// Issue 24 item 3, the rest: a file that is not UTF-8 text cannot be written "as read" into
+/// joined output. Leaving it out of stdout or `-o` would lose it silently, so that run writes
+/// nothing and names it; `--in-place` pins the rest and leaves it untouched.
+#[tokio::test]
+async fn skip_invalid_refuses_to_drop_an_unreadable_file_from_joined_output() {
+    let reg = Registry::plain();
+    let a = reg.addr.clone();
+    let d = push_all(&reg).await;
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("a.yaml");
+    let pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: a}}\nspec: {{containers: [{{name: c, image: \"{a}/app:v3\"}}]}}\n");
+    std::fs::write(&good, &pod).unwrap();
+    let bad = dir.path().join("b.yaml");
+    let latin1 = b"apiVersion: v1\nkind: ConfigMap\nmetadata: {name: b}\ndata: {k: caf\xe9}\n";
+    std::fs::write(&bad, latin1).unwrap();
+    let root = dir.path().to_str().unwrap();
+    let o = dir.path().join("out.yaml");
+    for args in [
+        vec!["--skip-invalid", root],
+        vec!["--skip-invalid", "-o", o.to_str().unwrap(), root],
+    ] {
+        let out = tagpin(&reg, &args);
+        assert_ne!(out.status.code(), Some(0), "{args:?}: {}", stderr(&out));
+        assert!(
+            stdout(&out).is_empty(),
+            "{args:?}: nothing written to stdout"
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains("nothing written") && err.contains(bad.to_str().unwrap()),
+            "{args:?}: {err}"
+        );
+    }
+    assert!(!o.exists(), "-o wrote nothing");
+    let out = tagpin(&reg, &["--skip-invalid", "--in-place", root]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let pinned = std::fs::read_to_string(&good).unwrap();
+    assert!(pinned.contains(&format!("{a}/app@{}", d.app)), "{pinned}");
+    assert_eq!(std::fs::read(&bad).unwrap(), latin1, "left untouched");
+}
+
 /// Problem 4: main saw no pod spec in legacy API groups (extensions/v1beta1) or in custom
 /// resources, and `--check` passed them. Now they are pinned, an owned ReplicaSet still is not,
 /// and `--check` names an image field it cannot judge.

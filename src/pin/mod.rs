@@ -135,7 +135,8 @@ pub async fn lookup(
 
 /// Runs `pin` or `--check` over the sources (`unreadable`: inputs that could not be read).
 /// When any input is invalid nothing is resolved or written, unless `opts.skip_invalid`. `Err`
-/// only for output failures (then nothing is written).
+/// for output failures, and for an unreadable input that `--skip-invalid` would have to pass
+/// through to stdout or `-o` (then nothing is written).
 pub async fn run(
     sources: Vec<Source>,
     unreadable: Vec<String>,
@@ -146,6 +147,14 @@ pub async fn run(
 ) -> Result<Report, PinError> {
     if matches!(output, Output::InPlace) && sources.iter().any(|s| s.path.is_none()) {
         return Err(PinError::InPlaceStdin);
+    }
+    // Joined output leaves out what could not be read: refused rather than lost.
+    if opts.skip_invalid
+        && opts.mode == Action::Pin
+        && !unreadable.is_empty()
+        && !matches!(output, Output::InPlace)
+    {
+        return Err(PinError::CannotPassThrough(unreadable.join("; ")));
     }
     let plans: Vec<FilePlan> = sources.into_iter().map(plan_file).collect();
     let mut report = Report {

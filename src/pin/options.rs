@@ -23,6 +23,10 @@ pub enum PinError {
     Join(String),
     #[error("--in-place needs files: stdin cannot be rewritten")]
     InPlaceStdin,
+    /// `--skip-invalid` writes a skipped document as it was read; to stdout or `-o` an input
+    /// that could not be read as text cannot be, and would silently go missing.
+    #[error("nothing written: --skip-invalid passes skipped documents through as read, and these inputs could not be read as text: {0}; fix or leave them out, or use --in-place (which leaves them untouched)")]
+    CannotPassThrough(String),
 }
 
 /// One input: a file, or stdin (`-`).
