@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::decide::{decide, response, Decision, Endpoint};
+use super::logline::{self, AdmissionLine};
 use super::plan::{credential_request, plan, Plan};
 use super::review::{parse_review, parse_review_header, AdmissionRequest, ReviewError, ReviewOut};
 use crate::logging::Escaped;
@@ -73,23 +74,26 @@ impl Admitter {
             .await;
         let outcome = decision.outcome(plan.ignored);
         self.count(path, outcome, started);
-        let name = request_name(&req);
-        tracing::info!(
-            uid = %Escaped(&req.uid),
-            namespace = req.namespace.as_deref().unwrap_or(""),
-            name,
-            kind = %Escaped(&req.kind.kind),
-            operation = %Escaped(&req.operation),
-            path,
-            dry_run = req.dry_run.unwrap_or(false),
-            pinned = decision.pinned,
-            left = decision.left,
-            warnings = decision.warnings.len(),
-            outcome,
-            ignored = plan.ignored.unwrap_or(""),
-            duration_ms = started.elapsed().as_secs_f64() * 1000.0,
-            "admission"
-        );
+        if tracing::enabled!(target: logline::TARGET, tracing::Level::INFO) {
+            let mut line = AdmissionLine::new(
+                &req.uid,
+                req.namespace.as_deref().unwrap_or(""),
+                &request_name(&req),
+                &req.kind.kind,
+                &req.operation,
+                path,
+                outcome,
+                plan.ignored.unwrap_or(""),
+            );
+            line.dry_run = req.dry_run.unwrap_or(false);
+            line.pinned = decision.pinned;
+            line.left = decision.left;
+            line.warnings = decision.warnings.len();
+            line.duration = started.elapsed();
+            if let Err(line) = crate::logging::defer(line) {
+                line.log();
+            }
+        }
         Ok(response(api_version, req.uid, &decision))
     }
 

@@ -6,6 +6,7 @@
 
 mod admitter;
 mod decide;
+mod logline;
 mod plan;
 mod review;
 mod warnings;

@@ -1,102 +1,22 @@
-//! Log setup, escaping of request-derived text in log fields, and the non-blocking writer of
-//! `tagpin serve`.
-//!
-//! `serve` writes log lines from a thread of their own ([`NonBlocking`]): an admission hands its
-//! formatted line to a bounded queue and goes on, and when the queue is full (the sink, stderr,
-//! is slower than the lines come) the line is dropped and counted
-//! (`tagpin_log_lines_dropped_total`), so a slow log sink never slows admissions. The commands
-//! write their few lines directly: their output order with the progress line matters more.
+//! The non-blocking log writer: a bounded queue of lines (or of events to format) and the
+//! thread that writes them to the sink.
 
-use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, OnceLock};
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
-/// How log lines are written on stderr (`--log-format`).
-#[derive(Clone, Copy, Debug, clap::ValueEnum, PartialEq, Eq)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+use super::deferred::{Formatter, Recorded};
+use super::line::DeferredLine;
+use super::LogFormat;
 
-/// Displays text with control characters (line breaks, escape sequences) and backslashes
-/// escaped, so a field taken from a request (a uid, a kind, an image) cannot start a new line
-/// or forge one in text logs.
-pub struct Escaped<'a>(pub &'a str);
-
-impl fmt::Display for Escaped<'_> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        // Runs of characters that need no escape are written at once (the admission line
-        // escapes several fields, on every admission).
-        let mut rest = self.0;
-        while let Some(at) = rest.find(|c: char| c == '\\' || c.is_control()) {
-            f.write_str(&rest[..at])?;
-            let c = rest[at..].chars().next().unwrap_or_default();
-            write!(f, "{}", c.escape_default())?;
-            rest = &rest[at + c.len_utf8()..];
-        }
-        f.write_str(rest)
-    }
-}
-
-/// Installs the process-wide subscriber: `RUST_LOG` or `info`, text or JSON lines on stderr,
-/// written by the calling thread. In text logs every request-derived field goes through
-/// [`Escaped`] (or is a quoted string).
-pub fn init(format: LogFormat) {
-    install(format, std::io::stderr);
-}
-
-/// Lines waiting for the log writer at most (about 2 MiB of 250-byte lines); a line past them is
-/// dropped and counted.
-pub const LOG_QUEUE_LINES: usize = 8_192;
-
-/// The count of lines [`init_non_blocking`]'s writer dropped.
-static DROPPED: OnceLock<Arc<AtomicU64>> = OnceLock::new();
-
-/// Log lines dropped so far because the queue to the sink was full (0 when lines are written
-/// directly).
-pub fn dropped_lines() -> u64 {
-    DROPPED.get().map_or(0, |d| d.load(Ordering::Relaxed))
-}
-
-/// [`init`] for `tagpin serve`: lines go through a [`NonBlocking`] writer to stderr. Keep the
-/// guard until the end: dropping it waits (a little) for the queued lines to be written.
-pub fn init_non_blocking(format: LogFormat) -> Flush {
-    let (writer, flush) = NonBlocking::new(std::io::stderr(), LOG_QUEUE_LINES);
-    let _ = DROPPED.set(writer.dropped.clone());
-    install(format, writer);
-    flush
-}
-
-fn install<W>(format: LogFormat, writer: W)
-where
-    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
-{
-    use tracing_subscriber::{fmt, prelude::*, EnvFilter};
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,hyper=warn,h2=warn,rustls=warn,reqwest=warn"));
-    let registry = tracing_subscriber::registry().with(filter);
-    match format {
-        LogFormat::Json => registry
-            .with(fmt::layer().json().flatten_event(true).with_writer(writer))
-            .init(),
-        LogFormat::Text => {
-            use std::io::IsTerminal as _;
-            registry
-                .with(
-                    fmt::layer()
-                        .with_ansi(std::io::stderr().is_terminal())
-                        .with_writer(writer),
-                )
-                .init()
-        }
-    }
-}
-
-enum Message {
+pub(super) enum Message {
     Line(Vec<u8>),
+    /// An event to format ([`super::deferred`]), then write.
+    Event(Box<Recorded>),
+    /// A line handed over as values ([`super::line`]), logged at that time.
+    Deferred(Box<dyn DeferredLine>, SystemTime),
     /// Write out what came before, then answer.
     Flush(mpsc::Sender<()>),
 }
@@ -107,16 +27,38 @@ enum Message {
 #[derive(Clone)]
 pub struct NonBlocking {
     queue: SyncSender<Message>,
-    dropped: Arc<AtomicU64>,
+    pub(super) dropped: Arc<AtomicU64>,
 }
 
 impl NonBlocking {
+    /// [`Self::new`] that also takes events ([`super::deferred::Capture`]) and formats them on
+    /// its thread as `--log-format` says.
+    pub fn formatting<S: Write + Send + 'static>(
+        sink: S,
+        capacity: usize,
+        format: LogFormat,
+        ansi: bool,
+    ) -> (Self, Flush) {
+        Self::start(sink, capacity, Some((format, ansi)))
+    }
+
     /// A writer to `sink` holding at most `capacity` lines, and the guard that flushes it.
     pub fn new<S: Write + Send + 'static>(sink: S, capacity: usize) -> (Self, Flush) {
+        Self::start(sink, capacity, None)
+    }
+
+    fn start<S: Write + Send + 'static>(
+        sink: S,
+        capacity: usize,
+        format: Option<(LogFormat, bool)>,
+    ) -> (Self, Flush) {
         let (queue, lines) = mpsc::sync_channel(capacity);
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
-            .spawn(move || write_lines(sink, lines));
+            .spawn(move || {
+                let format = format.unwrap_or((LogFormat::Text, false));
+                write_lines(sink, lines, Formatter::new(format.0, format.1))
+            });
         let dropped = Arc::new(AtomicU64::new(0));
         if let Err(e) = thread {
             // No thread to write them: every line is dropped (and counted), none waits.
@@ -134,7 +76,12 @@ impl NonBlocking {
     }
 
     fn send(&self, line: Vec<u8>) {
-        match self.queue.try_send(Message::Line(line)) {
+        self.queue_message(Message::Line(line));
+    }
+
+    /// Queues `message`, or drops and counts it when the queue is full.
+    pub(super) fn queue_message(&self, message: Message) {
+        match self.queue.try_send(message) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
@@ -149,13 +96,19 @@ const IDLE_POLL: Duration = Duration::from_millis(10);
 
 /// The writer thread: lines in order, flushed whenever the queue runs empty; ends when every
 /// sender is gone.
-fn write_lines<S: Write>(sink: S, lines: Receiver<Message>) {
+fn write_lines<S: Write>(sink: S, lines: Receiver<Message>, mut formatter: Formatter) {
     let mut out = std::io::BufWriter::with_capacity(64 << 10, sink);
     loop {
         match lines.try_recv() {
             // A sink that fails loses the line; there is nowhere else to say so.
             Ok(Message::Line(l)) => {
                 let _ = out.write_all(&l);
+            }
+            Ok(Message::Event(e)) => {
+                let _ = out.write_all(&formatter.format(&e));
+            }
+            Ok(Message::Deferred(line, at)) => {
+                let _ = out.write_all(formatter.format_line(&*line, at));
             }
             Ok(Message::Flush(done)) => {
                 let _ = out.flush();
@@ -343,17 +296,5 @@ mod tests {
             want
         );
         assert_eq!(w.dropped(), 0);
-    }
-
-    #[test]
-    fn control_characters_cannot_break_a_line() {
-        let forged = "u1\n2026-01-01T00:00:00Z  INFO admission uid=forged\r\u{1b}[2J\\n";
-        let shown = Escaped(forged).to_string();
-        assert!(!shown.contains('\n') && !shown.contains('\r') && !shown.contains('\u{1b}'));
-        assert_eq!(
-            shown,
-            "u1\\n2026-01-01T00:00:00Z  INFO admission uid=forged\\r\\u{1b}[2J\\\\n"
-        );
-        assert_eq!(Escaped("bin-1 ünïcode").to_string(), "bin-1 ünïcode");
     }
 }
