@@ -23,6 +23,7 @@
 //! What is kept is bounded: past [`MAX_KEPT_NODES`] values, the rest of the object is skipped
 //! and [`Pruned::over_budget`] is set (the caller then refuses to inspect the object).
 
+use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 
@@ -234,7 +235,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
+        while let Some(MapKey(key)) = map.next_key::<MapKey<'de>>()? {
             if self.budget.over.get() {
                 map.next_value::<IgnoredAny>()?;
                 continue;
@@ -257,7 +258,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                 ctx,
             };
             if let Some(v) = map.next_value_seed(node)? {
-                out.insert(key, v);
+                out.insert(key.into_owned(), v);
             }
         }
         if self.budget.over.get() || (out.is_empty() && !self.keeps_empty_map()) {
@@ -271,6 +272,32 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
     }
 }
 
+/// A map key, borrowed from the document when it can be (no escapes in it): most keys are
+/// dropped with their values, and a key read as a `String` would cost an allocation each.
+struct MapKey<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for MapKey<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = MapKey<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map key")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
+                Ok(MapKey(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
+                Ok(MapKey(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
+                Ok(MapKey(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(KeyVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -278,6 +305,18 @@ mod tests {
 
     fn prune(v: &Value) -> Pruned {
         Pruned::from_slice(&serde_json::to_vec(v).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn keys_with_escapes_are_read_as_the_keys_they_spell() {
+        // `\u0069mage` is `image`, `cont\u0061iners` is `containers`: borrowed keys and keys
+        // decoded from escapes are the same keys.
+        let raw = br#"{"spec": {"cont\u0061iners": [{"n\u0061me": "web", "\u0069mage": "nginx:1"}]}}"#;
+        let p = Pruned::from_slice(raw).unwrap();
+        assert_eq!(
+            p.value,
+            json!({"spec": {"containers": [{"name": "web", "image": "nginx:1"}]}})
+        );
     }
 
     #[test]
