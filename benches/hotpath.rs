@@ -1,7 +1,7 @@
 //! The cached path in process, counted rather than timed: `ITERATIONS` (default 20,000) cached
-//! admissions of the 4-image Pod review of `tests/data/pod-create.json` through the router (body
-//! in, answer bytes out, as `tagpin serve` runs them without the socket and TLS), against a real
-//! `docker-registry` that resolves the tags once.
+//! admissions of the 4-image Pod review of `tests/data/pod-create.json` (body in, answer bytes
+//! out, as `tagpin serve` answers a review POST, without the socket and TLS; `VIA=router`: through
+//! the axum router instead), against a real `docker-registry` that resolves the tags once.
 //!
 //! Timing on a shared 2-core machine moves by more than the gains it is meant to show; counted
 //! instructions do not. Run it twice under callgrind and take the difference:
@@ -35,7 +35,10 @@ static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() {
     // `cargo bench` passes `--bench`; a filter that names another bench skips this one.
-    if std::env::args().skip(1).any(|a| !a.starts_with('-') && !"hotpath".contains(&a)) {
+    if std::env::args()
+        .skip(1)
+        .any(|a| !a.starts_with('-') && !"hotpath".contains(&a))
+    {
         return;
     }
     let iterations: usize = std::env::var("ITERATIONS")
@@ -64,15 +67,23 @@ fn main() {
     let refs: Vec<&str> = images.iter().map(String::as_str).collect();
     let adm = admitter(reg.resolver_config(), admission_config());
     let body = serde_json::to_vec(&fixture("pod-create.json", &refs)).unwrap();
+    // As `tagpin serve` answers a review POST (src/server/mod.rs), or through the router with
+    // VIA=router.
+    let via_router = std::env::var("VIA").is_ok_and(|v| v == "router");
+    let reviews = tagpin::server::Reviews::new(adm.clone(), Default::default());
     let router = router(adm);
     let answer = |body: Vec<u8>| {
         let router = router.clone();
+        let reviews = reviews.clone();
         async move {
-            let req = Request::post("/mutate")
+            let req = Request::post("/mutate?timeout=10s")
                 .header("content-type", "application/json")
                 .body(Body::from(body))
                 .unwrap();
-            let resp = router.oneshot(req).await.unwrap();
+            let resp = match tagpin::server::Reviews::endpoint(&req) {
+                Some(endpoint) if !via_router => reviews.answer(endpoint, req).await,
+                _ => router.oneshot(req).await.unwrap(),
+            };
             assert_eq!(resp.status(), 200);
             resp.into_body().collect().await.unwrap().to_bytes()
         }
@@ -91,7 +102,12 @@ fn main() {
     });
     let took = started.elapsed();
     println!(
-        "hotpath: {iterations} cached 4-image admissions through the router, {:.2} us each ({} answer bytes)",
+        "hotpath: {iterations} cached 4-image admissions ({}), {:.2} us each ({} answer bytes)",
+        if via_router {
+            "through the router"
+        } else {
+            "as serve answers them"
+        },
         took.as_secs_f64() * 1e6 / iterations as f64,
         bytes / iterations.max(1)
     );

@@ -311,7 +311,8 @@ mod tests {
     fn keys_with_escapes_are_read_as_the_keys_they_spell() {
         // `\u0069mage` is `image`, `cont\u0061iners` is `containers`: borrowed keys and keys
         // decoded from escapes are the same keys.
-        let raw = br#"{"spec": {"cont\u0061iners": [{"n\u0061me": "web", "\u0069mage": "nginx:1"}]}}"#;
+        let raw =
+            br#"{"spec": {"cont\u0061iners": [{"n\u0061me": "web", "\u0069mage": "nginx:1"}]}}"#;
         let p = Pruned::from_slice(raw).unwrap();
         assert_eq!(
             p.value,

@@ -43,6 +43,23 @@ async fn serves_https_with_a_generated_certificate_limits_bodies_and_exports_met
         format!("{a}/app@{d}")
     );
 
+    // The API server's form of the URL (`?timeout=`) is a review too; what is not a review POST
+    // gets the router's answers.
+    let (status, out) = post(
+        &c,
+        &format!("{base}/enforce?timeout=10s"),
+        // Already a digest: no lookup, so the counts below stay those of the reviews above.
+        serde_json::to_vec(&pod_review("bin-2", &[&format!("{a}/app@{d}")])).unwrap(),
+    )
+    .await;
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["response"]["uid"], "bin-2");
+    assert_eq!(out["response"]["allowed"], true);
+    let (status, _) = post(&c, &format!("{base}/mutate/"), b"{}".to_vec()).await;
+    assert_eq!(status, 404);
+    let get = c.get(format!("{base}/mutate")).send().await.unwrap();
+    assert_eq!(get.status(), 405);
+
     // Not an AdmissionReview: 400 with a JSON message saying what is wrong.
     let (status, out) = post(&c, &format!("{base}/mutate"), b"{\"hello\": 1".to_vec()).await;
     assert_eq!(status, 400);

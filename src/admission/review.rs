@@ -111,8 +111,11 @@ fn checked<R: serde::de::DeserializeOwned>(
     body: &[u8],
     uid: impl Fn(&R) -> &str,
 ) -> Result<(String, R), ReviewError> {
+    // Checked as UTF-8 once, as a whole: read from bytes, serde_json checks every string on
+    // its own.
+    let text = std::str::from_utf8(body).map_err(|e| ReviewError::Json(e.to_string()))?;
     let review: Envelope<R> =
-        serde_json::from_slice(body).map_err(|e| ReviewError::Json(e.to_string()))?;
+        serde_json::from_str(text).map_err(|e| ReviewError::Json(e.to_string()))?;
     if !matches!(
         review.api_version.as_str(),
         "admission.k8s.io/v1" | "admission.k8s.io/v1beta1"
@@ -174,4 +177,125 @@ pub struct StatusOut {
     pub code: u16,
     pub reason: &'static str,
     pub message: String,
+}
+
+impl ReviewOut {
+    /// The answer as JSON: the bytes `serde_json::to_vec` writes for it (a test holds them
+    /// equal), written into one buffer of about the right size, the base64 patch copied as it is
+    /// (its alphabet needs no escapes) rather than scanned for escapes.
+    pub fn to_json(&self) -> Vec<u8> {
+        let r = &self.response;
+        let texts = r.uid.len()
+            + r.patch.as_ref().map_or(0, String::len)
+            + r.warnings.iter().map(|w| w.len() + 3).sum::<usize>()
+            + r.status.as_ref().map_or(0, |s| s.message.len() + 64);
+        let mut out = Vec::with_capacity(texts + 160);
+        out.extend_from_slice(b"{\"apiVersion\":");
+        json_str(&mut out, &self.api_version);
+        out.extend_from_slice(b",\"kind\":");
+        json_str(&mut out, self.kind);
+        out.extend_from_slice(b",\"response\":{\"uid\":");
+        json_str(&mut out, &r.uid);
+        out.extend_from_slice(if r.allowed {
+            b",\"allowed\":true"
+        } else {
+            b",\"allowed\":false"
+        });
+        if let Some(t) = r.patch_type {
+            out.extend_from_slice(b",\"patchType\":");
+            json_str(&mut out, t);
+        }
+        if let Some(p) = &r.patch {
+            out.extend_from_slice(b",\"patch\":");
+            if p.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+            {
+                out.push(b'"');
+                out.extend_from_slice(p.as_bytes());
+                out.push(b'"');
+            } else {
+                json_str(&mut out, p);
+            }
+        }
+        if !r.warnings.is_empty() {
+            out.extend_from_slice(b",\"warnings\":[");
+            for (i, w) in r.warnings.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                json_str(&mut out, w);
+            }
+            out.push(b']');
+        }
+        if let Some(s) = &r.status {
+            out.extend_from_slice(b",\"status\":{\"status\":");
+            json_str(&mut out, s.status);
+            out.extend_from_slice(format!(",\"code\":{}", s.code).as_bytes());
+            out.extend_from_slice(b",\"reason\":");
+            json_str(&mut out, s.reason);
+            out.extend_from_slice(b",\"message\":");
+            json_str(&mut out, &s.message);
+            out.push(b'}');
+        }
+        out.extend_from_slice(b"}}");
+        out
+    }
+}
+
+/// `s` as a JSON string, escaped as `serde_json` escapes it.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    // Writing a string into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn out(patch: Option<&str>, warnings: &[&str], status: Option<&str>) -> ReviewOut {
+        ReviewOut {
+            api_version: "admission.k8s.io/v1".into(),
+            kind: "AdmissionReview",
+            response: ResponseOut {
+                uid: "705ab4f5-\"6393\"\n\\u".into(),
+                allowed: status.is_none(),
+                patch_type: patch.map(|_| "JSONPatch"),
+                patch: patch.map(str::to_owned),
+                warnings: warnings.iter().map(|w| w.to_string()).collect(),
+                status: status.map(|m| StatusOut {
+                    status: "Failure",
+                    code: 403,
+                    reason: "Forbidden",
+                    message: m.into(),
+                }),
+            },
+        }
+    }
+
+    #[test]
+    fn the_answer_is_written_as_serde_json_writes_it() {
+        for o in [
+            out(None, &[], None),
+            out(Some("W3sib3AiOiJyZXBsYWNlIn1d+/=="), &[], None),
+            // Not base64 (the answer never holds such a patch, but it is written right).
+            out(Some("a\"b\\c\u{1}"), &["w1"], None),
+            out(
+                None,
+                &["tagpin: x left unpinned: \"quoted\"", "ünï\tcode\u{7f}"],
+                None,
+            ),
+            out(
+                None,
+                &[],
+                Some("tagpin: denied, 1 image(s) could not be pinned: \"x\"\n"),
+            ),
+        ] {
+            let ours = o.to_json();
+            let theirs = serde_json::to_vec(&o).unwrap();
+            assert_eq!(
+                String::from_utf8(ours).unwrap(),
+                String::from_utf8(theirs).unwrap()
+            );
+        }
+    }
 }

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
-use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -29,9 +28,19 @@ pub const DRAIN_QUIET: Duration = Duration::from_millis(500);
 /// How often each connection's timers are looked at.
 const WATCHDOG_TICK: Duration = Duration::from_millis(250);
 
+/// What a listener answers its requests with (the router, or on the review listener the
+/// review POSTs directly and the rest by the router: `src/server/mod.rs`).
+pub(super) type App = Arc<
+    dyn Fn(
+            hyper::Request<Body>,
+        ) -> Pin<Box<dyn std::future::Future<Output = axum::response::Response> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// Shared by the connections of one listener.
 pub(super) struct Shared {
-    pub(super) app: Router,
+    pub(super) app: App,
     pub(super) tls: Option<RustlsConfig>,
     pub(super) draining: AtomicBool,
     pub(super) drain: watch::Receiver<bool>,
@@ -253,12 +262,7 @@ fn service(
         state.request_started();
         let guard = InFlight(state.clone());
         async move {
-            use tower::ServiceExt as _;
-            let resp = shared.app.clone().oneshot(req.map(Body::new)).await;
-            let mut resp = match resp {
-                Ok(r) => r,
-                Err(never) => match never {},
-            };
+            let mut resp = (shared.app)(req.map(Body::new)).await;
             if !h2 && shared.draining.load(Ordering::SeqCst) {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));

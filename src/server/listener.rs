@@ -5,12 +5,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 
-use super::connection::{connection, Shared};
+use super::connection::{connection, App, Shared};
 
 /// Default cap on open connections, per listener (the metrics listener takes at most
 /// [`METRICS_MAX_CONNECTIONS`]).
@@ -26,7 +25,7 @@ pub(super) struct Listener {
     pub(super) name: &'static str,
     pub(super) tcp: TcpListener,
     pub(super) tls: Option<RustlsConfig>,
-    pub(super) app: Router,
+    pub(super) app: App,
     pub(super) max_connections: usize,
 }
 

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use axum::extract::{Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -44,6 +44,18 @@ struct AppState {
     admitter: Admitter,
     limits: ReviewLimits,
     slots: Arc<Semaphore>,
+}
+
+/// A review's answer: 200 with its JSON.
+fn answer(out: &crate::admission::ReviewOut) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        out.to_json(),
+    )
+        .into_response()
 }
 
 fn json_error(status: StatusCode, message: String) -> Response {
@@ -118,7 +130,7 @@ async fn admit(state: &AppState, endpoint: Endpoint, req: Request) -> Response {
                 Err(resp) => return resp,
             };
             match state.admitter.review_since(&body, endpoint, started).await {
-                Ok(out) => Json(out).into_response(),
+                Ok(out) => answer(&out),
                 Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
             }
         }
@@ -130,7 +142,7 @@ async fn admit(state: &AppState, endpoint: Endpoint, req: Request) -> Response {
             };
             let limit = state.limits.max_concurrent_reviews;
             match state.admitter.overloaded(&body, endpoint, started, limit) {
-                Ok(out) => Json(out).into_response(),
+                Ok(out) => answer(&out),
                 Err(e) => json_error(StatusCode::BAD_REQUEST, e.to_string()),
             }
         }
@@ -157,6 +169,54 @@ async fn readyz(State(ready): State<Arc<AtomicBool>>) -> Response {
     }
 }
 
+/// `/mutate` and `/enforce` without the router: `serve`'s connections hand review POSTs to it
+/// directly (the router's dispatch costs about a tenth of a cached admission) and everything
+/// else to the router, which answers the same two routes the same way.
+#[derive(Clone)]
+pub struct Reviews(AppState);
+
+impl Reviews {
+    pub fn new(admitter: Admitter, limits: ReviewLimits) -> Self {
+        let slots = Arc::new(Semaphore::new(limits.max_concurrent_reviews.max(1)));
+        Self(AppState {
+            admitter,
+            limits,
+            slots,
+        })
+    }
+
+    /// The endpoint `req` is a review for: a POST to `/mutate` or `/enforce` (any query, as
+    /// the API server adds `?timeout=`); `None` for every other request.
+    pub fn endpoint<B>(req: &axum::http::Request<B>) -> Option<Endpoint> {
+        if req.method() != axum::http::Method::POST {
+            return None;
+        }
+        match req.uri().path() {
+            "/mutate" => Some(Endpoint::Mutate),
+            "/enforce" => Some(Endpoint::Enforce),
+            _ => None,
+        }
+    }
+
+    /// The answer to a review request for `endpoint`.
+    pub async fn answer(&self, endpoint: Endpoint, req: Request) -> Response {
+        admit(&self.0, endpoint, req).await
+    }
+
+    /// The router answering these reviews (`/mutate`, `/enforce`) and the probes.
+    pub fn router(&self, ready: Arc<AtomicBool>) -> Router {
+        let probes = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .with_state(ready);
+        Router::new()
+            .route("/mutate", post(mutate))
+            .route("/enforce", post(enforce))
+            .with_state(self.0.clone())
+            .merge(probes)
+    }
+}
+
 /// The admission router (no TLS, no socket) with default limits: tests drive it with `oneshot`.
 pub fn router(admitter: Admitter, ready: Arc<AtomicBool>) -> Router {
     router_with(admitter, ready, ReviewLimits::default())
@@ -164,20 +224,7 @@ pub fn router(admitter: Admitter, ready: Arc<AtomicBool>) -> Router {
 
 /// The admission router with the given limits.
 pub fn router_with(admitter: Admitter, ready: Arc<AtomicBool>, limits: ReviewLimits) -> Router {
-    let probes = Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .with_state(ready.clone());
-    let slots = Arc::new(Semaphore::new(limits.max_concurrent_reviews.max(1)));
-    Router::new()
-        .route("/mutate", post(mutate))
-        .route("/enforce", post(enforce))
-        .with_state(AppState {
-            admitter,
-            limits,
-            slots,
-        })
-        .merge(probes)
+    Reviews::new(admitter, limits).router(ready)
 }
 
 /// `/metrics`, `/healthz` and `/readyz` over plain HTTP.
