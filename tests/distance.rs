@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::forward::{Forward, Mode};
+use common::half_body::{half_body_registry, MANIFEST};
 use common::limiter::rate_limiting_registry;
 use common::token::TokenServer;
 use common::toxiproxy::Toxiproxy;
@@ -306,6 +307,82 @@ async fn a_token_endpoint_that_sends_headers_then_stalls_answers_last_known_dige
     assert!(ts.requests() > tokens_asked, "a token was asked again");
     // The lookups go on past the admission, and end: timed out, not hung. The burst is one
     // outage: with a threshold of 2, counting it twice would open the breaker.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let text = r.metrics().encode();
+    let timeouts =
+        format!("tagpin_registry_lookups_total{{registry=\"{addr}\",outcome=\"timeout\"}} 8");
+    assert!(
+        text.contains(&timeouts),
+        "every half-answered lookup ended, timed out:\n{text}"
+    );
+    assert_eq!(
+        breaker_state(&r, &addr),
+        Some(0),
+        "one outage is one failure, not eight:\n{text}"
+    );
+}
+
+/// Issue 22, target 5, the half-answer on a manifest GET: tagpin GETs a manifest only when the
+/// HEAD brings no digest, which no real registry does; a stand-in (`tests/common/half_body.rs`)
+/// answers HEAD without one, and then sends each GET's headers and half its body, and stops. The
+/// admission is answered by its deadline with the last known digests and a warning naming each
+/// image; the lookups end (timed out, not hung) and the burst counts as one failure.
+#[tokio::test]
+async fn a_manifest_get_whose_body_stalls_answers_last_known_digests_and_counts_one_failure() {
+    init();
+    let (upstream, state) = half_body_registry().await;
+    let toxi = Toxiproxy::start().await;
+    let addr = toxi.proxy("reg", &upstream).await;
+    toxi.latency("reg", RTT_MS / 2).await;
+    let mut cfg = ResolverConfig::default();
+    cfg.registry.insecure.push(addr.clone());
+    cfg.cache_ttl = Duration::from_millis(300);
+    cfg.stale_ttl = Some(Duration::from_secs(3_600));
+    cfg.breaker_threshold = 2;
+    cfg.lookup_timeout = Duration::from_secs(2);
+    let mut adm = admission_config();
+    adm.resolve_timeout = Duration::from_millis(800);
+    let a = admitter(cfg, adm);
+    let r = a.resolver.clone();
+    let router = router(a);
+    let images: Vec<String> = (0..8).map(|i| format!("{addr}/app:v{i}")).collect();
+    let refs: Vec<&str> = images.iter().map(String::as_str).collect();
+    let digest = sha256(MANIFEST);
+
+    let first = pod_review("first", &refs);
+    let resp = review(&router, "/mutate", &first).await;
+    let pod = apply(&first, &resp);
+    for i in 0..8 {
+        assert_eq!(
+            pod["spec"]["containers"][i]["image"],
+            format!("{addr}/app@{digest}"),
+            "{resp}"
+        );
+    }
+    assert_eq!(state.gets.load(std::sync::atomic::Ordering::SeqCst), 8);
+    tokio::time::sleep(Duration::from_millis(400)).await; // past the cache TTL
+
+    state.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    toxi.set_enabled("reg", false).await;
+    toxi.set_enabled("reg", true).await;
+    let second = pod_review("second", &refs);
+    let resp = review(&router, "/mutate", &second).await;
+    assert_eq!(resp["allowed"], true);
+    let pod = apply(&second, &resp);
+    let w = warnings(&resp);
+    for (i, image) in images.iter().enumerate() {
+        assert_eq!(
+            pod["spec"]["containers"][i]["image"],
+            format!("{addr}/app@{digest}"),
+            "{image}: the last known digest: {resp}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains(image.as_str()) && w.contains("last known digest")),
+            "no warning names {image}: {w:?}"
+        );
+    }
+    assert!(state.stalled.load(std::sync::atomic::Ordering::SeqCst) >= 1);
     tokio::time::sleep(Duration::from_millis(2_500)).await;
     let text = r.metrics().encode();
     let timeouts =

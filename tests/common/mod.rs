@@ -6,6 +6,7 @@
 
 pub mod fake_kube;
 pub mod forward;
+pub mod half_body;
 pub mod limiter;
 pub mod plugin;
 pub mod token;
