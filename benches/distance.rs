@@ -328,6 +328,29 @@ async fn first_contact(s: &Setup, round: u64) -> (Duration, f64) {
     (median(times), requests as f64 / reps() as f64)
 }
 
+/// First contact with a pod of `n` images: a new resolver, `n` new tags in one batch.
+async fn first_contact_n(s: &Setup, n: usize) -> (Duration, f64) {
+    let mut times = Vec::new();
+    let mut requests = 0;
+    for rep in 0..reps() {
+        let tags: Vec<String> = (0..n).map(|i| format!("firstn-{rep}-{i}")).collect();
+        push(s, &tags).await;
+        let r = s.resolver();
+        let images: Vec<String> = tags.iter().map(|t| format!("{}/app:{t}", s.addr)).collect();
+        let t = Instant::now();
+        let (out, req) = s
+            .counted(async {
+                let out = resolve(&r, &images).await;
+                (out, t.elapsed())
+            })
+            .await;
+        all_pinned(&out.0);
+        times.push(out.1);
+        requests += req;
+    }
+    (median(times), requests as f64 / (reps() * n) as f64)
+}
+
 /// Target 4: the registry is down long enough to open its breaker, then back; the first
 /// admission (16 new tags) after the cool-down.
 async fn recovery(toxi: &Toxiproxy, s: &Setup) -> (usize, Duration) {
@@ -474,6 +497,12 @@ fn main() {
         }
         let rtt = Duration::from_millis(2 * ONE_WAY_MS[0]);
         println!("\ninjected: {} ms each way", ONE_WAY_MS[0]);
+        let mut cells = Vec::new();
+        for s in &setups {
+            let (t, req) = first_contact_n(s, 16).await;
+            cells.push(format!("{}: {:.2} RTT, {req:.1} req/image", s.name, rtts(t, rtt)));
+        }
+        println!("first contact, 16 images: {}", cells.join("; "));
         let (pinned, took) = recovery(&toxi, &setups[0]).await;
         println!(
             "recovery: first admission after the breaker's cool-down: {pinned}/16 pinned in {:.2} RTT",
