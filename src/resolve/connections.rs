@@ -16,10 +16,11 @@
 //! the others go at once, as they would have. Plain HTTP is never held back: without TLS there is
 //! no ALPN and tagpin speaks HTTP/1.1.
 //!
-//! The cost: on a cold HTTP/2 host, the requests behind the first one leave one answer later
-//! than they would have (they wait for its response head instead of its handshake); and on a
-//! host tagpin has never spoken to that turns out to be HTTP/1.1, once per process. Warm hosts,
-//! the case of every admission after the first, never wait.
+//! The cost: on a cold HTTP/2 host, the requests behind the first one leave one round trip later
+//! than they would have (they wait for its response head instead of its handshake); on a host
+//! tagpin has never spoken to that turns out to be HTTP/1.1, two (its handshake and its answer:
+//! their own handshakes start after it), once per process. Warm hosts, the case of every admission
+//! after the first, never wait.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
