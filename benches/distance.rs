@@ -1,8 +1,11 @@
 //! At real distances (issue 22): tagpin's resolver against real `docker-registry` processes
 //! (plain HTTP; HTTPS with htpasswd Basic; plain HTTP with token auth, the token server as far away)
-//! behind a real Toxiproxy adding 25 ms each way, all on 127.0.0.1. Every figure is a multiple
-//! of the injected round trip (50 ms), with the registry requests counted from the registry's
-//! access log and the token server's count, in one run.
+//! and the distribution registry v3 over HTTPS, which speaks HTTP/2, behind a real Toxiproxy
+//! adding 25 ms, then 50 ms, each way, all on 127.0.0.1. Every figure is a multiple of the
+//! injected round trip (50 ms, then 100 ms), with what a warm miss costs beyond one round trip
+//! also in milliseconds (constant across the two distances: time spent on this machine; growing
+//! with them: round trips), and the registry requests counted from the registry's access log and the
+//! token server's count, in one run.
 //!
 //! `scripts/distance` (or `cargo bench --bench distance`); prints the tables in BENCHMARKS.md.
 
@@ -19,8 +22,8 @@ use common::*;
 use tagpin::resolve::credentials::CredentialSet;
 use tagpin::resolve::{BatchRequest, Budget, ImageOutcome, Outcome, Resolver, ResolverConfig};
 
-const ONE_WAY_MS: u64 = 25;
-const RTT: Duration = Duration::from_millis(2 * ONE_WAY_MS);
+/// Milliseconds each way: the recovery and storm figures are at the first only.
+const ONE_WAY_MS: [u64; 2] = [25, 50];
 /// Repetitions per figure (medians are reported); 1 when run as a smoke test by `cargo test`.
 fn reps() -> usize {
     if std::env::args().any(|a| a == "--bench") {
@@ -32,6 +35,8 @@ fn reps() -> usize {
 
 struct Setup {
     name: &'static str,
+    /// The Toxiproxy proxies in its path (the registry's, and the token server's).
+    proxies: &'static [&'static str],
     reg: Registry,
     /// The registry as tagpin sees it: through the proxy.
     addr: String,
@@ -77,11 +82,12 @@ async fn setups(toxi: &Toxiproxy) -> Vec<Setup> {
 
     let reg = Registry::plain();
     let addr = toxi.proxy("plain", &reg.addr).await;
-    toxi.latency("plain", ONE_WAY_MS).await;
+    toxi.latency("plain", ONE_WAY_MS[0]).await;
     let mut cfg = reg.resolver_config();
     cfg.registry.insecure.push(addr.clone());
     out.push(Setup {
         name: "plain HTTP, anonymous",
+        proxies: &["plain"],
         pusher: reg.pusher(),
         reg,
         addr,
@@ -92,11 +98,12 @@ async fn setups(toxi: &Toxiproxy) -> Vec<Setup> {
 
     let reg = Registry::tls_basic("bot", "pw");
     let addr = toxi.proxy("basic", &reg.addr).await;
-    toxi.latency("basic", ONE_WAY_MS).await;
+    toxi.latency("basic", ONE_WAY_MS[0]).await;
     let mut cfg = reg.resolver_config();
     cfg.docker_config = docker_config(&addr, "https", "bot", "pw");
     out.push(Setup {
         name: "HTTPS, Basic",
+        proxies: &["basic"],
         pusher: reg.pusher(),
         reg,
         addr,
@@ -112,7 +119,7 @@ async fn setups(toxi: &Toxiproxy) -> Vec<Setup> {
         .trim_end_matches("/token")
         .to_string();
     let realm = toxi.proxy("token-server", &upstream).await;
-    toxi.latency("token-server", ONE_WAY_MS).await;
+    toxi.latency("token-server", ONE_WAY_MS[0]).await;
     ts.realm = format!("http://{realm}/token");
     let dir = tempfile::tempdir().unwrap();
     // The test token server speaks plain HTTP, and tagpin sends credentials to a plain-HTTP realm
@@ -123,18 +130,41 @@ async fn setups(toxi: &Toxiproxy) -> Vec<Setup> {
         token: Some(ts.registry_auth_yaml(dir.path())),
     });
     let addr = toxi.proxy("token", &reg.addr).await;
-    toxi.latency("token", ONE_WAY_MS).await;
+    toxi.latency("token", ONE_WAY_MS[0]).await;
     let mut cfg = reg.resolver_config();
     cfg.registry.insecure.push(addr.clone());
     cfg.docker_config = docker_config(&addr, "http", "bot", "pw");
     out.push(Setup {
         name: "plain HTTP, token (token server as far away)",
+        proxies: &["token", "token-server"],
         pusher: reg.pusher_with_token(ts.mint("admin", "app", &["pull", "push"])),
         reg,
         addr,
         token: Some(ts),
         cfg,
         _keep: Some(dir),
+    });
+
+    let reg = Registry::v3(
+        RegistryOptions {
+            tls: true,
+            htpasswd: None,
+            token: None,
+        },
+        true,
+    );
+    let addr = toxi.proxy("h2", &reg.addr).await;
+    toxi.latency("h2", ONE_WAY_MS[0]).await;
+    let cfg = reg.resolver_config();
+    out.push(Setup {
+        name: "HTTPS, HTTP/2 (registry v3), anonymous",
+        proxies: &["h2"],
+        pusher: reg.pusher(),
+        reg,
+        addr,
+        token: None,
+        cfg,
+        _keep: None,
     });
     out
 }
@@ -166,8 +196,30 @@ fn median(mut v: Vec<Duration>) -> Duration {
     v[v.len() / 2]
 }
 
-fn rtts(d: Duration) -> f64 {
-    d.as_secs_f64() / RTT.as_secs_f64()
+fn rtts(d: Duration, rtt: Duration) -> f64 {
+    d.as_secs_f64() / rtt.as_secs_f64()
+}
+
+/// `d` as a multiple of `rtt`, and what lies beyond one round trip (a warm miss's minimum), in ms.
+fn rtts_and_rest(d: Duration, rtt: Duration) -> String {
+    let rest = d.as_secs_f64() - rtt.as_secs_f64();
+    format!("{:.2} RTT (1 RTT {:+.1} ms)", rtts(d, rtt), rest * 1e3)
+}
+
+/// A client for raw requests to `s`'s registry (its CA trusted), and the URL of its floor tag.
+fn raw_client(s: &Setup) -> (reqwest::Client, String) {
+    let mut b = reqwest::Client::builder();
+    let scheme = match &s.reg.tls {
+        Some(ca) => {
+            b = b.tls_certs_only([reqwest::Certificate::from_pem(ca.ca_pem.as_bytes()).unwrap()]);
+            "https"
+        }
+        None => "http",
+    };
+    (
+        b.build().unwrap(),
+        format!("{scheme}://{}/v2/app/manifests/floor", s.addr),
+    )
 }
 
 async fn push(s: &Setup, tags: &[String]) {
@@ -179,9 +231,7 @@ async fn push(s: &Setup, tags: &[String]) {
 async fn floor(s: &Setup) -> Duration {
     // One raw manifest HEAD over a held connection through the proxy: one round trip and the
     // registry's own time.
-    push(s, &["floor".to_string()]).await;
-    let http = reqwest::Client::new();
-    let url = format!("http://{}/v2/app/manifests/floor", s.addr);
+    let (http, url) = raw_client(s);
     let mut times = Vec::new();
     for _ in 0..=reps() {
         let t = Instant::now();
@@ -198,10 +248,10 @@ async fn floor(s: &Setup) -> Duration {
     median(times)
 }
 
-/// The floor for `n` lookups: `n` raw manifest HEADs at once over `n` held connections.
+/// The floor for `n` lookups: `n` raw manifest HEADs at once over `n` held connections (one, to
+/// an HTTP/2 registry).
 async fn floor_n(s: &Setup, n: usize) -> Duration {
-    let http = reqwest::Client::new();
-    let url = format!("http://{}/v2/app/manifests/floor", s.addr);
+    let (http, url) = raw_client(s);
     let heads = || {
         let tasks: Vec<_> = (0..n)
             .map(|_| {
@@ -217,7 +267,7 @@ async fn floor_n(s: &Setup, n: usize) -> Duration {
             }
         }
     };
-    heads().await; // opens the n connections
+    heads().await; // opens the connections
     let mut times = Vec::new();
     for _ in 0..reps() {
         let t = Instant::now();
@@ -228,17 +278,18 @@ async fn floor_n(s: &Setup, n: usize) -> Duration {
 }
 
 /// `n` new tags on a resolver that holds connections (`n` of them, from an earlier lookup of `n`
-/// tags at once) and its token.
-async fn warm_miss(s: &Setup, n: usize) -> (Duration, f64) {
+/// tags at once; one to an HTTP/2 registry) and its token. `round` keeps the tags of each distance
+/// apart.
+async fn warm_miss(s: &Setup, n: usize, round: u64) -> (Duration, f64) {
     let r = s.resolver();
-    let warm: Vec<String> = (0..n).map(|i| format!("warm{n}-{i}")).collect();
+    let warm: Vec<String> = (0..n).map(|i| format!("warm{round}-{n}-{i}")).collect();
     push(s, &warm).await;
     let images: Vec<String> = warm.iter().map(|t| format!("{}/app:{t}", s.addr)).collect();
     all_pinned(&resolve(&r, &images).await);
     let mut times = Vec::new();
     let mut requests = 0;
     for rep in 0..reps() {
-        let tags: Vec<String> = (0..n).map(|i| format!("w{n}-{rep}-{i}")).collect();
+        let tags: Vec<String> = (0..n).map(|i| format!("w{round}-{n}-{rep}-{i}")).collect();
         push(s, &tags).await;
         let images: Vec<String> = tags.iter().map(|t| format!("{}/app:{t}", s.addr)).collect();
         let t = Instant::now();
@@ -255,11 +306,11 @@ async fn warm_miss(s: &Setup, n: usize) -> (Duration, f64) {
     (median(times), requests as f64 / (reps() * n) as f64)
 }
 
-async fn first_contact(s: &Setup) -> (Duration, f64) {
+async fn first_contact(s: &Setup, round: u64) -> (Duration, f64) {
     let mut times = Vec::new();
     let mut requests = 0;
     for rep in 0..reps() {
-        let tag = format!("first-{rep}");
+        let tag = format!("first-{round}-{rep}");
         push(s, std::slice::from_ref(&tag)).await;
         let r = s.resolver();
         let images = [format!("{}/app:{tag}", s.addr)];
@@ -275,6 +326,29 @@ async fn first_contact(s: &Setup) -> (Duration, f64) {
         requests += req;
     }
     (median(times), requests as f64 / reps() as f64)
+}
+
+/// First contact with a pod of `n` images: a new resolver, `n` new tags in one batch.
+async fn first_contact_n(s: &Setup, n: usize) -> (Duration, f64) {
+    let mut times = Vec::new();
+    let mut requests = 0;
+    for rep in 0..reps() {
+        let tags: Vec<String> = (0..n).map(|i| format!("firstn-{rep}-{i}")).collect();
+        push(s, &tags).await;
+        let r = s.resolver();
+        let images: Vec<String> = tags.iter().map(|t| format!("{}/app:{t}", s.addr)).collect();
+        let t = Instant::now();
+        let (out, req) = s
+            .counted(async {
+                let out = resolve(&r, &images).await;
+                (out, t.elapsed())
+            })
+            .await;
+        all_pinned(&out.0);
+        times.push(out.1);
+        requests += req;
+    }
+    (median(times), requests as f64 / (reps() * n) as f64)
 }
 
 /// Target 4: the registry is down long enough to open its breaker, then back; the first
@@ -316,7 +390,7 @@ async fn storm(toxi: &Toxiproxy) -> (usize, usize, Duration, usize, usize, usize
             rate_limiting_registry([format!("/v2/app/manifests/t{}", i * TAGS)].into());
         let name = format!("storm{i}");
         let addr = toxi.proxy(&name, &up).await;
-        toxi.latency(&name, ONE_WAY_MS).await;
+        toxi.latency(&name, ONE_WAY_MS[0]).await;
         regs.push((addr, state));
     }
     let mut cfg = ResolverConfig::default();
@@ -367,46 +441,77 @@ fn main() {
     rt.block_on(async {
         let toxi = Toxiproxy::start().await;
         let setups = setups(&toxi).await;
-        println!(
-            "injected: {ONE_WAY_MS} ms each way, RTT {} ms; medians of {}",
-            RTT.as_millis(),
-            reps()
-        );
-        let f = floor(&setups[0]).await;
-        println!(
-            "floor: one raw manifest HEAD over a held connection: {:.1} ms = {:.2} RTT",
-            f.as_secs_f64() * 1e3,
-            rtts(f)
-        );
-        let mut floors = Vec::new();
-        for n in [1, 4, 16] {
-            floors.push(format!("{n} at once {:.2} RTT", rtts(floor_n(&setups[0], n).await)));
+        for s in [&setups[0], &setups[3]] {
+            push(s, &["floor".to_string()]).await;
         }
-        println!(
-            "floor: raw manifest HEADs over as many held connections (plain): {}",
-            floors.join(", ")
-        );
-        println!("\n| registry | warm miss, 1 image | 4 images | 16 images | first contact (1 image) |");
-        println!("|---|---|---|---|---|");
-        for s in &setups {
-            let mut cells = Vec::new();
-            for n in [1, 4, 16] {
-                let (t, req) = warm_miss(s, n).await;
-                cells.push(format!("{:.2} RTT ({:.1} req/image)", rtts(t), req));
+        for one_way in ONE_WAY_MS {
+            for s in &setups {
+                for proxy in s.proxies {
+                    toxi.set_latency(proxy, one_way).await;
+                }
             }
-            let (t, req) = first_contact(s).await;
-            cells.push(format!("{:.2} RTT ({:.1} requests)", rtts(t), req));
-            println!("| {} | {} |", s.name, cells.join(" | "));
+            let rtt = Duration::from_millis(2 * one_way);
+            println!(
+                "\ninjected: {one_way} ms each way, RTT {} ms; medians of {}",
+                rtt.as_millis(),
+                reps()
+            );
+            let f = floor(&setups[0]).await;
+            println!(
+                "floor: one raw manifest HEAD over a held connection: {}",
+                rtts_and_rest(f, rtt)
+            );
+            for (s, how) in [
+                (&setups[0], "plain HTTP/1.1, a connection each"),
+                (&setups[3], "HTTPS HTTP/2, one connection"),
+            ] {
+                let mut floors = Vec::new();
+                for n in [1, 4, 16] {
+                    floors.push(format!(
+                        "{n} at once {}",
+                        rtts_and_rest(floor_n(s, n).await, rtt)
+                    ));
+                }
+                println!("floor: raw manifest HEADs ({how}): {}", floors.join(", "));
+            }
+            println!(
+                "\n| registry ({one_way} ms each way) | warm miss, 1 image | 4 images | 16 images | first contact (1 image) |"
+            );
+            println!("|---|---|---|---|---|");
+            for s in &setups {
+                let mut cells = Vec::new();
+                for n in [1, 4, 16] {
+                    let (t, req) = warm_miss(s, n, one_way).await;
+                    cells.push(format!("{}, {req:.1} req/image", rtts_and_rest(t, rtt)));
+                }
+                let (t, req) = first_contact(s, one_way).await;
+                cells.push(format!("{:.2} RTT, {req:.1} requests", rtts(t, rtt)));
+                println!("| {} | {} |", s.name, cells.join(" | "));
+            }
         }
+        // Recovery and the storm at the first distance.
+        for s in &setups {
+            for proxy in s.proxies {
+                toxi.set_latency(proxy, ONE_WAY_MS[0]).await;
+            }
+        }
+        let rtt = Duration::from_millis(2 * ONE_WAY_MS[0]);
+        println!("\ninjected: {} ms each way", ONE_WAY_MS[0]);
+        let mut cells = Vec::new();
+        for s in &setups {
+            let (t, req) = first_contact_n(s, 16).await;
+            cells.push(format!("{}: {:.2} RTT, {req:.1} req/image", s.name, rtts(t, rtt)));
+        }
+        println!("first contact, 16 images: {}", cells.join("; "));
         let (pinned, took) = recovery(&toxi, &setups[0]).await;
         println!(
-            "\nrecovery: first admission after the breaker's cool-down: {pinned}/16 pinned in {:.2} RTT",
-            rtts(took)
+            "recovery: first admission after the breaker's cool-down: {pinned}/16 pinned in {:.2} RTT",
+            rtts(took, rtt)
         );
         let (pinned, images, took, requests, allowed, most) = storm(&toxi).await;
         println!(
             "storm: {pinned}/{images} images pinned; last pod answered after {:.1} RTT ({} ms); {requests} registry requests for 200 tags and 20 429s (allowed: {allowed}); most at once on one registry: {most} (limit 16)",
-            rtts(took),
+            rtts(took, rtt),
             took.as_millis()
         );
     });

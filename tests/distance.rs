@@ -7,10 +7,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::forward::{Forward, Mode};
+use common::half_body::{half_body_registry, MANIFEST};
 use common::limiter::rate_limiting_registry;
+use common::token::TokenServer;
 use common::toxiproxy::Toxiproxy;
 use common::*;
 use serde_json::json;
+use tagpin::resolve::credentials::CredentialSet;
 use tagpin::resolve::{BatchRequest, Budget, ImageOutcome, Outcome, Resolver, ResolverConfig};
 
 const RTT_MS: u64 = 25;
@@ -209,6 +213,184 @@ async fn a_registry_resetting_mid_tls_answers_last_known_digests_and_counts_one_
         Some(0),
         "one outage is one failure, not eight:\n{}",
         r.metrics().encode()
+    );
+}
+
+/// Issue 22, target 5, the half-answer: a server that accepts, sends its response head, then
+/// never sends the body. tagpin asks manifests with HEAD (no body), so the GET that can be left
+/// half-answered is the token request of a token-auth registry. A TCP pipe in front of the token
+/// server (`tests/common/forward.rs`: it lets the head of each answer through and holds back the
+/// rest, as no real server does on demand) cuts the real answers. The admission is answered by
+/// its deadline with the last known digests and a warning naming each image; the lookups end
+/// (timed out, not hung) and the burst counts as one failure in the breaker.
+#[tokio::test]
+async fn a_token_endpoint_that_sends_headers_then_stalls_answers_last_known_digests_and_counts_one_failure(
+) {
+    let mut ts = TokenServer::start(&[("bot", "pw", &["app"])]);
+    let upstream = ts
+        .realm
+        .trim_start_matches("http://")
+        .trim_end_matches("/token")
+        .to_string();
+    let pipe = Forward::start(&upstream).await;
+    ts.realm = format!("http://{}/token", pipe.addr);
+    // Tokens that expire at once (tagpin keeps one for its expires_in less a tenth), so the
+    // second admission must ask for one again.
+    ts.set_expires_in(1);
+    let reg = Registry::token_auth(&ts);
+    let p = reg.pusher_with_token(ts.mint("admin", "app", &["pull", "push"]));
+    let mut digests = Vec::new();
+    for i in 0..8 {
+        digests.push(p.push("app", &format!("v{i}"), Kind::Oci).await);
+    }
+    let toxi = Toxiproxy::start().await;
+    let addr = toxi.proxy("reg", &reg.addr).await;
+    toxi.latency("reg", RTT_MS / 2).await;
+    let mut cfg = reg.resolver_config();
+    cfg.registry.insecure.push(addr.clone());
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "bot:pw");
+    let config = json!({"auths": {format!("http://{addr}"): {"auth": auth}}}).to_string();
+    cfg.docker_config =
+        CredentialSet::from_docker_config(config.as_bytes(), std::path::Path::new("test")).unwrap();
+    cfg.cache_ttl = Duration::from_millis(300);
+    cfg.stale_ttl = Some(Duration::from_secs(3_600));
+    cfg.breaker_threshold = 2;
+    cfg.lookup_timeout = Duration::from_secs(2);
+    let mut adm = admission_config();
+    adm.resolve_timeout = Duration::from_millis(800);
+    let a = admitter(cfg, adm);
+    let r = a.resolver.clone();
+    let router = router(a);
+    let images: Vec<String> = (0..8).map(|i| format!("{addr}/app:v{i}")).collect();
+    let refs: Vec<&str> = images.iter().map(String::as_str).collect();
+
+    // The first lookups, with time to spare (the admissions' deadline is short).
+    let out = batch(&r, &images, Duration::from_secs(5)).await;
+    for (o, d) in out.iter().zip(&digests) {
+        assert!(
+            matches!(o, Outcome::Pinned(got) if &got.to_string() == d),
+            "{o:?}"
+        );
+    }
+    let tokens_asked = ts.requests();
+    assert!(tokens_asked >= 1, "the first admission got a token");
+    // Past the digests' TTL and the tokens' life.
+    tokio::time::sleep(Duration::from_millis(1_200)).await;
+
+    // From now on every answer of the token server is cut after its head (the connection held
+    // by the pool is closed, so the next request opens one that is cut).
+    pipe.set_mode(Mode::HeadThenStall);
+    pipe.drop_connections();
+    let second = pod_review("second", &refs);
+    let resp = review(&router, "/mutate", &second).await;
+    assert_eq!(resp["allowed"], true);
+    let pod = apply(&second, &resp);
+    let w = warnings(&resp);
+    for (i, (image, d)) in images.iter().zip(&digests).enumerate() {
+        assert_eq!(
+            pod["spec"]["containers"][i]["image"],
+            format!("{addr}/app@{d}"),
+            "{image}: the last known digest: {resp}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains(image.as_str()) && w.contains("last known digest")),
+            "no warning names {image}: {w:?}"
+        );
+    }
+    assert!(
+        pipe.stalled() >= 1,
+        "the token server's answers were cut after their head"
+    );
+    assert!(ts.requests() > tokens_asked, "a token was asked again");
+    // The lookups go on past the admission, and end: timed out, not hung. The burst is one
+    // outage: with a threshold of 2, counting it twice would open the breaker.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let text = r.metrics().encode();
+    let timeouts =
+        format!("tagpin_registry_lookups_total{{registry=\"{addr}\",outcome=\"timeout\"}} 8");
+    assert!(
+        text.contains(&timeouts),
+        "every half-answered lookup ended, timed out:\n{text}"
+    );
+    assert_eq!(
+        breaker_state(&r, &addr),
+        Some(0),
+        "one outage is one failure, not eight:\n{text}"
+    );
+}
+
+/// Issue 22, target 5, the half-answer on a manifest GET: tagpin GETs a manifest only when the
+/// HEAD brings no digest, which no real registry does; a stand-in (`tests/common/half_body.rs`)
+/// answers HEAD without one, and then sends each GET's headers and half its body, and stops. The
+/// admission is answered by its deadline with the last known digests and a warning naming each
+/// image; the lookups end (timed out, not hung) and the burst counts as one failure.
+#[tokio::test]
+async fn a_manifest_get_whose_body_stalls_answers_last_known_digests_and_counts_one_failure() {
+    init();
+    let (upstream, state) = half_body_registry().await;
+    let toxi = Toxiproxy::start().await;
+    let addr = toxi.proxy("reg", &upstream).await;
+    toxi.latency("reg", RTT_MS / 2).await;
+    let mut cfg = ResolverConfig::default();
+    cfg.registry.insecure.push(addr.clone());
+    cfg.cache_ttl = Duration::from_millis(300);
+    cfg.stale_ttl = Some(Duration::from_secs(3_600));
+    cfg.breaker_threshold = 2;
+    cfg.lookup_timeout = Duration::from_secs(2);
+    let mut adm = admission_config();
+    adm.resolve_timeout = Duration::from_millis(800);
+    let a = admitter(cfg, adm);
+    let r = a.resolver.clone();
+    let router = router(a);
+    let images: Vec<String> = (0..8).map(|i| format!("{addr}/app:v{i}")).collect();
+    let refs: Vec<&str> = images.iter().map(String::as_str).collect();
+    let digest = sha256(MANIFEST);
+
+    // The first lookups, with time to spare (the admission's deadline is short).
+    let out = batch(&r, &images, Duration::from_secs(5)).await;
+    for o in &out {
+        assert!(
+            matches!(o, Outcome::Pinned(got) if got.to_string() == digest),
+            "{o:?}"
+        );
+    }
+    assert_eq!(state.gets.load(std::sync::atomic::Ordering::SeqCst), 8);
+    tokio::time::sleep(Duration::from_millis(400)).await; // past the cache TTL
+
+    state.stall.store(true, std::sync::atomic::Ordering::SeqCst);
+    toxi.set_enabled("reg", false).await;
+    toxi.set_enabled("reg", true).await;
+    let second = pod_review("second", &refs);
+    let resp = review(&router, "/mutate", &second).await;
+    assert_eq!(resp["allowed"], true);
+    let pod = apply(&second, &resp);
+    let w = warnings(&resp);
+    for (i, image) in images.iter().enumerate() {
+        assert_eq!(
+            pod["spec"]["containers"][i]["image"],
+            format!("{addr}/app@{digest}"),
+            "{image}: the last known digest: {resp}"
+        );
+        assert!(
+            w.iter()
+                .any(|w| w.contains(image.as_str()) && w.contains("last known digest")),
+            "no warning names {image}: {w:?}"
+        );
+    }
+    assert!(state.stalled.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    let text = r.metrics().encode();
+    let timeouts =
+        format!("tagpin_registry_lookups_total{{registry=\"{addr}\",outcome=\"timeout\"}} 8");
+    assert!(
+        text.contains(&timeouts),
+        "every half-answered lookup ended, timed out:\n{text}"
+    );
+    assert_eq!(
+        breaker_state(&r, &addr),
+        Some(0),
+        "one outage is one failure, not eight:\n{text}"
     );
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 
+use super::connections::Connections;
 use super::credentials::Credential;
 use super::netpolicy::{AddressPolicy, NotAllowed, PolicyResolver};
 
@@ -121,13 +122,18 @@ pub enum ClientBuildError {
     Build(String),
 }
 
+/// How long a connection idle in the pool is kept.
+pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
 /// The HTTP side every registry request shares: the client, which registries are plain HTTP,
-/// and how a transport failure is described.
+/// what is known of the connections to each (one connection per HTTP/2 registry,
+/// `connections.rs`), and how a transport failure is described.
 pub struct Http {
     client: reqwest::Client,
     insecure: HashSet<String>,
     timeout: Duration,
     policy: Arc<AddressPolicy>,
+    connections: Connections,
 }
 
 impl Http {
@@ -138,7 +144,7 @@ impl Http {
             .user_agent(concat!("tagpin/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(opts.connect_timeout)
             .timeout(opts.request_timeout)
-            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_idle_timeout(POOL_IDLE_TIMEOUT)
             .dns_resolver(Arc::new(PolicyResolver(opts.policy.clone())))
             .redirect(redirect_policy(opts.policy.clone(), &opts.insecure));
         if let Some(pem) = &opts.extra_ca_pem {
@@ -161,6 +167,7 @@ impl Http {
                 .collect(),
             timeout: opts.request_timeout,
             policy: opts.policy.clone(),
+            connections: Connections::default(),
         })
     }
 
@@ -178,7 +185,9 @@ impl Http {
     }
 
     /// Sends a request (after checking its host against the address policy), describing a
-    /// transport failure for `registry`.
+    /// transport failure for `registry`. Over HTTPS, the requests that come while a first one to a
+    /// cold host is out wait for its answer, so that they share its connection if it is HTTP/2
+    /// (`connections.rs`).
     pub async fn send(
         &self,
         registry: &str,
@@ -195,10 +204,27 @@ impl Http {
                     kind,
                 })?;
         }
-        self.client
+        let authority = (req.url().scheme() == "https")
+            .then(|| {
+                let host = req.url().host_str()?;
+                Some(format!("{host}:{}", req.url().port_or_known_default()?))
+            })
+            .flatten();
+        let first = match &authority {
+            Some(a) => self.connections.before(a).await,
+            None => None,
+        };
+        let resp = self
+            .client
             .execute(req)
             .await
-            .map_err(|e| transport_error(registry, &e, self.timeout))
+            .map_err(|e| transport_error(registry, &e, self.timeout))?;
+        match (first, &authority) {
+            (Some(first), _) => first.answered(resp.version()),
+            (None, Some(a)) => self.connections.answered(a, resp.version()),
+            (None, None) => {}
+        }
+        Ok(resp)
     }
 
     pub fn base_url(&self, registry: &str) -> String {

@@ -10,6 +10,7 @@
 pub mod auth;
 pub mod breaker;
 pub mod cache;
+pub mod connections;
 pub mod credentials;
 pub mod http;
 pub mod netpolicy;

@@ -5,6 +5,8 @@
 #![allow(dead_code)]
 
 pub mod fake_kube;
+pub mod forward;
+pub mod half_body;
 pub mod limiter;
 pub mod plugin;
 pub mod token;
@@ -146,6 +148,24 @@ impl Registry {
             Command::new(REGISTRY_BIN).arg("--version").output().is_ok(),
             "{REGISTRY_BIN} is not installed: run the README's test command (it installs it)"
         );
+        Self::start_bin(Path::new(REGISTRY_BIN), opts, "")
+    }
+
+    /// The distribution registry v3 (built from its Go module by `scripts/registry3`, cached
+    /// under `~/.cache/`), which negotiates HTTP/2 over TLS unless `http2` is false
+    /// (`http.http2.disabled`). Its access log is in the same format as 2.8's.
+    pub fn v3(opts: RegistryOptions, http2: bool) -> Self {
+        init();
+        let http = if http2 {
+            ""
+        } else {
+            "  http2:\n    disabled: true\n"
+        };
+        Self::start_bin(&registry3_binary(), opts, http)
+    }
+
+    /// `bin serve` with a config of `opts`; `http_extra` is added to its `http:` section.
+    fn start_bin(bin: &Path, opts: RegistryOptions, http_extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let storage = dir.path().join("storage");
         let mut cfg = format!(
@@ -162,6 +182,7 @@ impl Registry {
                 dir.path().join("key.pem").display()
             ));
         }
+        cfg.push_str(http_extra);
         if let Some((u, p)) = &opts.htpasswd {
             let hash = bcrypt::hash_with_result(p, 4)
                 .unwrap()
@@ -178,14 +199,14 @@ impl Registry {
         let cfg_path = dir.path().join("config.yml");
         std::fs::write(&cfg_path, cfg).unwrap();
         let log = dir.path().join("registry.log");
-        let child = Command::new(REGISTRY_BIN)
+        let child = Command::new(bin)
             .arg("serve")
             .arg(&cfg_path)
             // distribution writes its access log to stdout and everything else to stderr.
             .stdout(std::fs::File::create(dir.path().join("access.log")).unwrap())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("start docker-registry");
+            .unwrap_or_else(|e| panic!("start {}: {e}", bin.display()));
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
@@ -305,6 +326,26 @@ impl Registry {
         .unwrap();
         path
     }
+}
+
+/// The distribution registry v3 binary: `TAGPIN_REGISTRY3`, or built (once per machine) by
+/// `scripts/registry3`.
+pub fn registry3_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("TAGPIN_REGISTRY3") {
+        return p.into();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/registry3");
+    let out = Command::new(&script)
+        .arg("--path")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
+    assert!(
+        out.status.success(),
+        "{} --path failed: the registry v3 is built from its Go module (needs Go 1.26 and the module proxy)",
+        script.display()
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
 }
 
 impl Drop for Registry {

@@ -26,6 +26,8 @@ struct Inner {
     users: HashMap<String, (String, Vec<String>)>,
     requests: AtomicUsize,
     jti: AtomicUsize,
+    /// The `expires_in` the token responses say (300 unless set).
+    expires_in: std::sync::atomic::AtomicU64,
 }
 
 pub struct TokenServer {
@@ -63,6 +65,7 @@ impl TokenServer {
                 .collect(),
             requests: AtomicUsize::new(0),
             jti: AtomicUsize::new(0),
+            expires_in: std::sync::atomic::AtomicU64::new(300),
         });
         let app = axum::Router::new()
             .route("/token", axum::routing::get(token))
@@ -82,6 +85,11 @@ impl TokenServer {
     /// A token for `repository` with `actions` (the tests push with `["pull", "push"]`).
     pub fn mint(&self, subject: &str, repository: &str, actions: &[&str]) -> String {
         self.inner.jwt(subject, repository, actions)
+    }
+
+    /// The lifetime (`expires_in`, seconds) the token responses from now on give their tokens.
+    pub fn set_expires_in(&self, seconds: u64) {
+        self.inner.expires_in.store(seconds, Ordering::SeqCst);
     }
 
     /// Token requests served (any outcome).
@@ -186,5 +194,6 @@ async fn token(
         _ => (String::new(), vec![]),
     };
     let token = inner.jwt(&user, &repository, &granted);
-    Json(json!({"token": token, "access_token": token, "expires_in": 300})).into_response()
+    let expires_in = inner.expires_in.load(Ordering::SeqCst);
+    Json(json!({"token": token, "access_token": token, "expires_in": expires_in})).into_response()
 }

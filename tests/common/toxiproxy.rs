@@ -133,6 +133,14 @@ impl Toxiproxy {
         }
     }
 
+    /// Replaces the latency [`Toxiproxy::latency`] added with `ms` each way.
+    pub async fn set_latency(&self, proxy: &str, ms: u64) {
+        for stream in ["upstream", "downstream"] {
+            self.remove_toxic(proxy, &format!("latency_{stream}")).await;
+        }
+        self.latency(proxy, ms).await;
+    }
+
     pub async fn remove_toxic(&self, proxy: &str, name: &str) {
         self.call(
             reqwest::Method::DELETE,
