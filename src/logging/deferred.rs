@@ -1,4 +1,4 @@
-//! Log lines formatted off the thread that logs them. [`Capture`], the last layer of `serve`'s
+//! Log lines formatted off the thread that logs them. `Capture` (`writer.rs`), the last layer of `serve`'s
 //! subscriber, copies an event that passed the filter into a [`Recorded`] (its callsite, its
 //! time, its fields as owned values) and queues it; the log writer's thread rebuilds the event
 //! from it and hands it to the `--log-format` formatter ([`Formatter`]), so the line is the one
@@ -10,10 +10,8 @@ use std::time::SystemTime;
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Metadata, Subscriber};
-use tracing_subscriber::layer::Context;
 
-use super::line::DeferredLine;
-use super::writer::{Message, NonBlocking};
+use super::line::{write_rfc3339, DeferredLine};
 use super::LogFormat;
 
 /// A field's value, owned. Values shown through `Debug` or `Display` (`?x`, `%x`, the message)
@@ -37,7 +35,7 @@ pub(super) struct Recorded {
 
 impl Recorded {
     /// `event`, which happened `at`.
-    fn of(event: &Event<'_>, at: SystemTime) -> Self {
+    pub(super) fn of(event: &Event<'_>, at: SystemTime) -> Self {
         let mut recorded = Recorded {
             meta: event.metadata(),
             at,
@@ -79,25 +77,6 @@ impl Visit for Recorded {
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
         self.fields
             .push((field.clone(), Owned::Shown(format!("{value:?}"))));
-    }
-}
-
-/// The layer that queues events instead of formatting them; a full queue drops the event and
-/// counts it ([`NonBlocking`]).
-pub(super) struct Capture {
-    to: NonBlocking,
-}
-
-impl Capture {
-    pub(super) fn new(to: NonBlocking) -> Self {
-        Self { to }
-    }
-}
-
-impl<S: Subscriber> tracing_subscriber::Layer<S> for Capture {
-    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
-        let recorded = Recorded::of(event, SystemTime::now());
-        self.to.queue_message(Message::Event(Box::new(recorded)));
     }
 }
 
@@ -226,43 +205,13 @@ impl tracing_subscriber::fmt::time::FormatTime for EventTime {
     }
 }
 
-/// `at` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC; times before 1970 as 1970-01-01T00:00:00Z).
-pub(super) fn write_rfc3339(w: &mut impl fmt::Write, at: SystemTime) -> fmt::Result {
-    let since = at
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
-    let secs = since.as_secs();
-    let (days, day_secs) = (secs / 86_400, secs % 86_400);
-    // Days since 1970-01-01 to a civil date (proleptic Gregorian), in 400-year eras.
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    if year > 9999 {
-        write!(w, "+{year}")?;
-    } else {
-        write!(w, "{year:04}")?;
-    }
-    write!(
-        w,
-        "-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
-        day_secs / 3_600,
-        day_secs / 60 % 60,
-        day_secs % 60,
-        since.subsec_micros()
-    )
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::writer::{Capture, NonBlocking};
     use super::*;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
+    use tracing_subscriber::layer::Context;
     use tracing_subscriber::prelude::*;
 
     fn rfc3339(at: SystemTime) -> String {

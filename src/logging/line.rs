@@ -88,7 +88,7 @@ impl Fields<'_> {
 /// Writes `line`, logged `at` at INFO, as one line in `format` (text without colours).
 pub fn write(out: &mut Vec<u8>, format: LogFormat, at: SystemTime, line: &dyn DeferredLine) {
     let mut stamp = String::with_capacity(32);
-    let _ = super::deferred::write_rfc3339(&mut stamp, at);
+    let _ = write_rfc3339(&mut stamp, at);
     match format {
         LogFormat::Text => {
             let _ = write!(out, "{stamp}  INFO {}: {}", line.target(), line.message());
@@ -107,4 +107,36 @@ pub fn write(out: &mut Vec<u8>, format: LogFormat, at: SystemTime, line: &dyn De
             out.extend_from_slice(b"}\n");
         }
     }
+}
+
+/// `at` as `YYYY-MM-DDTHH:MM:SS.ffffffZ` (UTC; times before 1970 as 1970-01-01T00:00:00Z).
+pub(super) fn write_rfc3339(w: &mut impl fmt::Write, at: SystemTime) -> fmt::Result {
+    let since = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, day_secs) = (secs / 86_400, secs % 86_400);
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian), in 400-year eras.
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    if year > 9999 {
+        write!(w, "+{year}")?;
+    } else {
+        write!(w, "{year:04}")?;
+    }
+    write!(
+        w,
+        "-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}Z",
+        day_secs / 3_600,
+        day_secs / 60 % 60,
+        day_secs % 60,
+        since.subsec_micros()
+    )
 }

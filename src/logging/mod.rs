@@ -80,7 +80,7 @@ pub fn init_non_blocking(format: LogFormat) -> Flush {
     }
     tracing_subscriber::registry()
         .with(filter())
-        .with(deferred::Capture::new(writer))
+        .with(writer::Capture::new(writer))
         .init();
     flush
 }
@@ -174,7 +174,7 @@ where
     struct At(std::time::SystemTime);
     impl tracing_subscriber::fmt::time::FormatTime for At {
         fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> fmt::Result {
-            deferred::write_rfc3339(w, self.0)
+            line::write_rfc3339(w, self.0)
         }
     }
     tracing_subscriber::registry().with(layer(format, false, writer, At(at)))

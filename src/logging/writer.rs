@@ -7,6 +7,9 @@ use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::Context;
+
 use super::deferred::{Formatter, Recorded};
 use super::line::DeferredLine;
 use super::LogFormat;
@@ -155,6 +158,25 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for NonBlocking {
             buf: Vec::new(),
             to: self,
         }
+    }
+}
+
+/// The layer that queues events instead of formatting them; a full queue drops the event and
+/// counts it ([`NonBlocking`]).
+pub(super) struct Capture {
+    to: NonBlocking,
+}
+
+impl Capture {
+    pub(super) fn new(to: NonBlocking) -> Self {
+        Self { to }
+    }
+}
+
+impl<S: Subscriber> tracing_subscriber::Layer<S> for Capture {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let recorded = Recorded::of(event, SystemTime::now());
+        self.to.queue_message(Message::Event(Box::new(recorded)));
     }
 }
 
