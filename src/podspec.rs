@@ -466,10 +466,7 @@ pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSit
         };
         for (i, c) in items.iter().enumerate() {
             if let Some(image) = c.get("image").and_then(Value::as_str) {
-                let mut pointer = base.clone();
-                pointer.push_back(list);
-                pointer.push_back(i);
-                pointer.push_back("image");
+                let pointer = site_pointer(&base, list, i, &["image"]);
                 let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
                 let key = container_key(list, name);
                 sites.push(ImageSite {
@@ -486,11 +483,7 @@ pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSit
     if let Some(vols) = spec.get("volumes").and_then(Value::as_array) {
         for (i, v) in vols.iter().enumerate() {
             if let Some(image) = v.pointer("/image/reference").and_then(Value::as_str) {
-                let mut pointer = base.clone();
-                pointer.push_back("volumes");
-                pointer.push_back(i);
-                pointer.push_back("image");
-                pointer.push_back("reference");
+                let pointer = site_pointer(&base, "volumes", i, &["image", "reference"]);
                 let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
                 sites.push(ImageSite {
                     pointer,
@@ -504,6 +497,30 @@ pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSit
         }
     }
     sites
+}
+
+/// `base` followed by `list`, `i` and `tail` (`/containers/0/image`): one string written at once
+/// rather than a token at a time.
+fn site_pointer(base: &PointerBuf, list: &str, i: usize, tail: &[&str]) -> PointerBuf {
+    use std::fmt::Write as _;
+    let mut s = String::with_capacity(base.as_str().len() + 40);
+    s.push_str(base.as_str());
+    let _ = write!(s, "/{list}/{i}");
+    for t in tail {
+        s.push('/');
+        s.push_str(t);
+    }
+    // The tokens are list and field names and an index, none of which needs escaping: a
+    // pointer. Were one to, it is built token by token instead.
+    PointerBuf::parse(s).unwrap_or_else(|_| {
+        let mut p = base.clone();
+        p.push_back(list);
+        p.push_back(i);
+        for t in tail {
+            p.push_back(*t);
+        }
+        p
+    })
 }
 
 /// On UPDATE, an image that is identical at the same place in the old object is already running
