@@ -118,7 +118,6 @@ impl DeferredLine for AdmissionLine {
 mod tests {
     use super::*;
     use crate::logging::{self, LogFormat};
-    use std::sync::{Arc, Mutex};
     use std::time::SystemTime;
 
     fn line(uid: &str, duration: Duration) -> AdmissionLine {
@@ -142,23 +141,11 @@ mod tests {
 
     /// The line as `tracing`'s formatter writes its event, at `at`.
     fn through_tracing(l: &AdmissionLine, format: LogFormat, at: SystemTime) -> String {
-        #[derive(Clone, Default)]
-        struct Shared(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Shared {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let out = Shared::default();
+        let out = logging::TestSink::default();
         let w = out.clone();
         let subscriber = logging::formatter_at(format, move || w.clone(), at);
         tracing::subscriber::with_default(subscriber, || l.log());
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
-        text
+        out.text()
     }
 
     #[test]

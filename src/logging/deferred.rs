@@ -256,19 +256,7 @@ mod tests {
         assert_eq!(ours[..16], theirs[..16], "{ours} vs {theirs}");
     }
 
-    /// Writes into a shared buffer.
-    #[derive(Clone, Default)]
-    struct Shared(Arc<Mutex<Vec<u8>>>);
-
-    impl std::io::Write for Shared {
-        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-            self.0.lock().unwrap().extend_from_slice(b);
-            Ok(b.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
+    use super::super::TestSink as Shared;
 
     #[derive(Debug)]
     struct Inner;
@@ -324,7 +312,7 @@ mod tests {
         let subscriber = tracing_subscriber::registry().with(Capture::new(writer));
         tracing::subscriber::with_default(subscriber, events);
         assert!(flush.flush(Duration::from_secs(30)));
-        let mut replayed = lines(&deferred.0.lock().unwrap());
+        let mut replayed = lines(deferred.text().as_bytes());
         // The captured events carry their own time: put the fixed one in its place to compare.
         let stamp = rfc3339(fixed);
         for l in &mut replayed {
@@ -337,7 +325,7 @@ mod tests {
                 l.replace_range(start..end, &stamp);
             }
         }
-        let direct = lines(&direct.0.lock().unwrap());
+        let direct = lines(direct.text().as_bytes());
         (direct, replayed)
     }
 
@@ -375,7 +363,7 @@ mod tests {
             tracing::warn!(error = &e as &(dyn std::error::Error + 'static), "failed");
         });
         assert!(flush.flush(Duration::from_secs(30)));
-        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let text = out.text();
         assert!(text.contains("error=outer: inner"), "{text}");
     }
 

@@ -159,6 +159,30 @@ where
     }
 }
 
+/// A log sink for tests: what is written to any of its clones, kept in one buffer.
+#[cfg(test)]
+#[derive(Clone, Default)]
+pub(crate) struct TestSink(pub(crate) Arc<std::sync::Mutex<Vec<u8>>>);
+
+#[cfg(test)]
+impl TestSink {
+    /// Everything written so far, as text.
+    pub(crate) fn text(&self) -> String {
+        String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+    }
+}
+
+#[cfg(test)]
+impl std::io::Write for TestSink {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// The `--log-format` formatter (no colours) writing to `writer`, every line stamped `at`: tests
 /// compare lines written other ways with it.
 #[cfg(test)]

@@ -294,18 +294,8 @@ mod tests {
 
     #[test]
     fn a_line_is_one_write_in_order_and_the_guard_flushes_it() {
-        let written = Arc::new(Mutex::new(Vec::new()));
-        struct Shared(Arc<Mutex<Vec<u8>>>);
-        impl Write for Shared {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let (w, flush) = NonBlocking::new(Shared(written.clone()), 16);
+        let written = super::super::TestSink::default();
+        let (w, flush) = NonBlocking::new(written.clone(), 16);
         for i in 0..10 {
             let mut l = w.make_writer();
             write!(l, "a{i} ").unwrap();
@@ -313,10 +303,7 @@ mod tests {
         }
         drop(flush);
         let want: String = (0..10).map(|i| format!("a{i} b{i}\n")).collect();
-        assert_eq!(
-            String::from_utf8(written.lock().unwrap().clone()).unwrap(),
-            want
-        );
+        assert_eq!(written.text(), want);
         assert_eq!(w.dropped(), 0);
     }
 }
