@@ -26,19 +26,7 @@ fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().unwrap();
     let reg = Registry::plain();
     let a = reg.addr.clone();
-    let images: Vec<String> = rt.block_on(async {
-        let p = reg.pusher();
-        let mut v = Vec::new();
-        for (repo, kind) in [
-            ("web", Kind::Oci),
-            ("sidecar", Kind::Docker),
-            ("multi", Kind::Index),
-        ] {
-            p.push(repo, "1.0", kind).await;
-            v.push(format!("{a}/{repo}:1.0"));
-        }
-        v
-    });
+    let images: Vec<String> = rt.block_on(push_bench_images(&reg));
     let refs: Vec<&str> = images.iter().map(String::as_str).collect();
 
     let mut g = c.benchmark_group("floor");

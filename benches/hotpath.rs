@@ -50,20 +50,7 @@ fn main() {
         .build()
         .unwrap();
     let reg = Registry::plain();
-    let a = reg.addr.clone();
-    let images: Vec<String> = rt.block_on(async {
-        let p = reg.pusher();
-        let mut v = Vec::new();
-        for (repo, kind) in [
-            ("web", Kind::Oci),
-            ("sidecar", Kind::Docker),
-            ("multi", Kind::Index),
-        ] {
-            p.push(repo, "1.0", kind).await;
-            v.push(format!("{a}/{repo}:1.0"));
-        }
-        v
-    });
+    let images: Vec<String> = rt.block_on(push_bench_images(&reg));
     let refs: Vec<&str> = images.iter().map(String::as_str).collect();
     let adm = admitter(reg.resolver_config(), admission_config());
     let body = serde_json::to_vec(&fixture("pod-create.json", &refs)).unwrap();

@@ -598,6 +598,22 @@ pub fn pod_review(uid: &str, images: &[&str]) -> Value {
     })
 }
 
+/// Pushes `web:1.0` (OCI manifest), `sidecar:1.0` (Docker manifest) and `multi:1.0` (an index)
+/// to `reg`: the three images of the benches' 4-image Pod review (`tests/data/pod-create.json`).
+pub async fn push_bench_images(reg: &Registry) -> Vec<String> {
+    let p = reg.pusher();
+    let mut v = Vec::new();
+    for (repo, kind) in [
+        ("web", Kind::Oci),
+        ("sidecar", Kind::Docker),
+        ("multi", Kind::Index),
+    ] {
+        p.push(repo, "1.0", kind).await;
+        v.push(format!("{}/{repo}:1.0", reg.addr));
+    }
+    v
+}
+
 /// POSTs a body to the router; returns the status and parsed JSON.
 pub async fn post(router: &axum::Router, path: &str, body: Vec<u8>) -> (StatusCode, Value) {
     let resp = router
