@@ -331,10 +331,20 @@ impl Registry {
 /// The distribution registry v3 binary: `TAGPIN_REGISTRY3`, or built (once per machine) by
 /// `scripts/registry3`.
 pub fn registry3_binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("TAGPIN_REGISTRY3") {
+    go_binary(
+        "TAGPIN_REGISTRY3",
+        "scripts/registry3",
+        "the registry v3 is built from its Go module (needs Go 1.26 and the module proxy)",
+    )
+}
+
+/// A Go binary a script builds and caches: the path in `env` when set, else what `script --path`
+/// prints (building it the first time on a machine). `what` says what the build needs.
+pub fn go_binary(env: &str, script: &str, what: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env) {
         return p.into();
     }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/registry3");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(script);
     let out = Command::new(&script)
         .arg("--path")
         .stderr(Stdio::inherit())
@@ -342,7 +352,7 @@ pub fn registry3_binary() -> PathBuf {
         .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
     assert!(
         out.status.success(),
-        "{} --path failed: the registry v3 is built from its Go module (needs Go 1.26 and the module proxy)",
+        "{} --path failed: {what}",
         script.display()
     );
     PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())

@@ -18,21 +18,11 @@ pub struct Toxiproxy {
 /// The toxiproxy-server binary: `TAGPIN_TOXIPROXY`, or built (once per machine) by
 /// `scripts/toxiproxy`.
 fn binary() -> PathBuf {
-    if let Some(p) = std::env::var_os("TAGPIN_TOXIPROXY") {
-        return p.into();
-    }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/toxiproxy");
-    let out = Command::new(&script)
-        .arg("--path")
-        .stderr(Stdio::inherit())
-        .output()
-        .unwrap_or_else(|e| panic!("run {}: {e}", script.display()));
-    assert!(
-        out.status.success(),
-        "{} --path failed: toxiproxy is built from its Go module (needs Go and the module proxy)",
-        script.display()
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    super::go_binary(
+        "TAGPIN_TOXIPROXY",
+        "scripts/toxiproxy",
+        "toxiproxy is built from its Go module (needs Go and the module proxy)",
+    )
 }
 
 fn free_port() -> u16 {
