@@ -9,7 +9,6 @@ use std::time::{Duration, SystemTime};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
 
-use super::connections::Connections;
 use super::credentials::Credential;
 use super::netpolicy::{AddressPolicy, NotAllowed, PolicyResolver};
 
@@ -123,17 +122,16 @@ pub enum ClientBuildError {
 }
 
 /// How long a connection idle in the pool is kept.
-pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 
-/// The HTTP side every registry request shares: the client, which registries are plain HTTP,
-/// what is known of the connections to each (one connection per HTTP/2 registry,
-/// `connections.rs`), and how a transport failure is described.
+/// The HTTP side every registry request shares: the client (its pool holds the connections to
+/// each registry: one per request in flight over HTTP/1.1, one shared by all over HTTP/2), which
+/// registries are plain HTTP, and how a transport failure is described.
 pub struct Http {
     client: reqwest::Client,
     insecure: HashSet<String>,
     timeout: Duration,
     policy: Arc<AddressPolicy>,
-    connections: Connections,
 }
 
 impl Http {
@@ -167,7 +165,6 @@ impl Http {
                 .collect(),
             timeout: opts.request_timeout,
             policy: opts.policy.clone(),
-            connections: Connections::default(),
         })
     }
 
@@ -185,9 +182,9 @@ impl Http {
     }
 
     /// Sends a request (after checking its host against the address policy), describing a
-    /// transport failure for `registry`. Over HTTPS, the requests that come while a first one to a
-    /// cold host is out wait for its answer, so that they share its connection if it is HTTP/2
-    /// (`connections.rs`).
+    /// transport failure for `registry`. It goes at once: lookups to one registry are not held
+    /// back behind each other (on a cold HTTP/2 registry each may open its own connection; the
+    /// pool keeps one of them, see docs/operations.md).
     pub async fn send(
         &self,
         registry: &str,
@@ -204,27 +201,10 @@ impl Http {
                     kind,
                 })?;
         }
-        let authority = (req.url().scheme() == "https")
-            .then(|| {
-                let host = req.url().host_str()?;
-                Some(format!("{host}:{}", req.url().port_or_known_default()?))
-            })
-            .flatten();
-        let first = match &authority {
-            Some(a) => self.connections.before(a).await,
-            None => None,
-        };
-        let resp = self
-            .client
+        self.client
             .execute(req)
             .await
-            .map_err(|e| transport_error(registry, &e, self.timeout))?;
-        match (first, &authority) {
-            (Some(first), _) => first.answered(resp.version()),
-            (None, Some(a)) => self.connections.answered(a, resp.version()),
-            (None, None) => {}
-        }
-        Ok(resp)
+            .map_err(|e| transport_error(registry, &e, self.timeout))
     }
 
     pub fn base_url(&self, registry: &str) -> String {

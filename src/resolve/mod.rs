@@ -10,7 +10,6 @@
 pub mod auth;
 pub mod breaker;
 pub mod cache;
-pub mod connections;
 pub mod credentials;
 pub mod http;
 pub mod netpolicy;
