@@ -249,15 +249,18 @@ async fn floor(s: &Setup) -> Duration {
 }
 
 /// The floor for `n` lookups: `n` raw manifest HEADs at once over `n` held connections (one, to
-/// an HTTP/2 registry).
+/// an HTTP/2 registry), with the registry's Basic credentials when it has a user.
 async fn floor_n(s: &Setup, n: usize) -> Duration {
     let (http, url) = raw_client(s);
     let heads = || {
         let tasks: Vec<_> = (0..n)
             .map(|_| {
-                let req = http
+                let mut req = http
                     .head(&url)
                     .header("accept", tagpin::resolve::registry::ACCEPT_MANIFESTS);
+                if let Some((user, password)) = &s.reg.user {
+                    req = req.basic_auth(user, Some(password));
+                }
                 tokio::spawn(async move { req.send().await.unwrap().status() })
             })
             .collect();
@@ -441,7 +444,7 @@ fn main() {
     rt.block_on(async {
         let toxi = Toxiproxy::start().await;
         let setups = setups(&toxi).await;
-        for s in [&setups[0], &setups[3]] {
+        for s in [&setups[0], &setups[1], &setups[3]] {
             push(s, &["floor".to_string()]).await;
         }
         for one_way in ONE_WAY_MS {
@@ -463,6 +466,7 @@ fn main() {
             );
             for (s, how) in [
                 (&setups[0], "plain HTTP/1.1, a connection each"),
+                (&setups[1], "HTTPS HTTP/1.1 with Basic credentials, a connection each"),
                 (&setups[3], "HTTPS HTTP/2, one connection"),
             ] {
                 let mut floors = Vec::new();
