@@ -509,7 +509,8 @@ impl Resolver {
             out[i] = match result {
                 Ok(d) => Outcome::Pinned(d),
                 Err(e) if req.allow_stale && e.is_outage() => {
-                    match self.last_known(image, request_credentials).await {
+                    // Boxed: rare (a failed lookup), and its future would enlarge every batch's.
+                    match Box::pin(self.last_known(image, request_credentials)).await {
                         Some(digest) => {
                             self.0.metrics.stale_served.inc();
                             Outcome::Stale { digest, error: e }

@@ -187,12 +187,14 @@ impl Sources {
         if images.is_empty() {
             return out;
         }
+        // Boxed: their futures are large (Kubernetes reads, plugin runs) and a resolver without
+        // a cluster or plugins never polls them; left inline, every admission's future would
+        // carry (and move) their space.
         if let (Some(kube), Some(ns), Some(spec)) = (&self.kube, req.namespace, req.pod_spec) {
-            self.pull_secrets(kube, ns, spec, req.template, deadline, &mut out)
-                .await;
+            Box::pin(self.pull_secrets(kube, ns, spec, req.template, deadline, &mut out)).await;
         }
         if let Some(providers) = &self.providers {
-            Self::plugins(providers, images, deadline, &mut out).await;
+            Box::pin(Self::plugins(providers, images, deadline, &mut out)).await;
         }
         out
     }
