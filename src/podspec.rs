@@ -6,6 +6,8 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use serde_json::{json, Value};
 
+use crate::json_str;
+
 /// One image field in an object: its JSON pointer and the string found there.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageSite {
@@ -550,8 +552,91 @@ pub fn replace_ops<'a>(
         .collect()
 }
 
+/// A JSON Patch as the text an admission answer carries: `replace` operations for pins
+/// ([`PatchText::replace`]) and `add` operations for the record ([`Record::write_ops`]), written
+/// straight into one buffer. The bytes are those `serde_json` writes for the same
+/// [`PatchOperation`]s ([`replace_ops`], [`Record::ops`]); a test holds them equal.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PatchText {
+    /// The JSON array, closing `]` included; UTF-8 (written only from `str`s and escapes).
+    json: Vec<u8>,
+    ops: usize,
+}
+
+impl Default for PatchText {
+    fn default() -> Self {
+        Self::with_capacity(0)
+    }
+}
+
+impl std::fmt::Debug for PatchText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&String::from_utf8_lossy(&self.json))
+    }
+}
+
+impl PatchText {
+    /// An empty patch with room for `ops` operations of a usual size.
+    pub fn with_capacity(ops: usize) -> Self {
+        let mut json = Vec::with_capacity(2 + ops * 200);
+        json.extend_from_slice(b"[]");
+        Self { json, ops: 0 }
+    }
+
+    /// How many operations it holds.
+    pub fn len(&self) -> usize {
+        self.ops
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops == 0
+    }
+
+    /// The JSON array (`[]` when empty).
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.json
+    }
+
+    /// The operations, parsed back (tests, and whatever wants them typed).
+    pub fn parsed(&self) -> serde_json::Result<Vec<PatchOperation>> {
+        serde_json::from_slice(&self.json)
+    }
+
+    /// Opens one operation `{"op":<op>,"path":"<path><suffix>","value":`; `suffix` is written
+    /// as it is (it must need no JSON escape).
+    fn open(&mut self, op: &str, path: &str, suffix: &str) -> &mut Vec<u8> {
+        let out = &mut self.json;
+        out.pop();
+        if self.ops > 0 {
+            out.push(b',');
+        }
+        self.ops += 1;
+        out.extend_from_slice(b"{\"op\":\"");
+        out.extend_from_slice(op.as_bytes());
+        out.extend_from_slice(b"\",\"path\":\"");
+        json_str::escape(out, path);
+        out.extend_from_slice(suffix.as_bytes());
+        out.extend_from_slice(b"\",\"value\":");
+        out
+    }
+
+    fn close(&mut self) {
+        self.json.extend_from_slice(b"}]");
+    }
+
+    /// A `replace` of the string at `path` with `value` (as [`replace_ops`]).
+    pub fn replace(&mut self, path: &PointerBuf, value: &str) {
+        let out = self.open("replace", path.as_str(), "");
+        json_str::write(out, value);
+        self.close();
+    }
+}
+
 /// The annotation that records, for each pinned site, the image as originally written.
 pub const PINNED_ANNOTATION: &str = "tagpin.io/pinned";
+
+/// The pointer from a metadata map to its [`PINNED_ANNOTATION`] (`/` escaped as `~1`).
+const ANNOTATION_SUFFIX: &str = "/annotations/tagpin.io~1pinned";
 
 /// What one metadata object looks like, as far as adding the annotation goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -666,6 +751,61 @@ impl Record {
     /// or hold a tag again are dropped. No pins, no operations: an object tagpin did not change
     /// is not touched.
     pub fn ops(&self, pinned: &[&ImageSite]) -> Vec<PatchOperation> {
+        self.adds(pinned)
+            .into_iter()
+            .map(|(meta, state, value)| {
+                let (path, v) = match state {
+                    MetaState::Annotations(_) => {
+                        let mut p = meta.clone();
+                        p.push_back("annotations");
+                        p.push_back(PINNED_ANNOTATION);
+                        (p, Value::String(value))
+                    }
+                    MetaState::NoAnnotations => {
+                        let mut p = meta.clone();
+                        p.push_back("annotations");
+                        (p, json!({ PINNED_ANNOTATION: value }))
+                    }
+                    MetaState::Absent => (
+                        meta.clone(),
+                        json!({ "annotations": { PINNED_ANNOTATION: value } }),
+                    ),
+                };
+                PatchOperation::Add(AddOperation { path, value: v })
+            })
+            .collect()
+    }
+
+    /// [`Record::ops`], written into `out`.
+    pub fn write_ops(&self, pinned: &[&ImageSite], out: &mut PatchText) {
+        for (meta, state, value) in self.adds(pinned) {
+            let meta = meta.as_str();
+            let json = match state {
+                MetaState::Annotations(_) => out.open("add", meta, ANNOTATION_SUFFIX),
+                MetaState::NoAnnotations => {
+                    let json = out.open("add", meta, "/annotations");
+                    json.extend_from_slice(b"{\"tagpin.io/pinned\":");
+                    json
+                }
+                MetaState::Absent => {
+                    let json = out.open("add", meta, "");
+                    json.extend_from_slice(b"{\"annotations\":{\"tagpin.io/pinned\":");
+                    json
+                }
+            };
+            json_str::write(json, &value);
+            match state {
+                MetaState::Annotations(_) => {}
+                MetaState::NoAnnotations => json.push(b'}'),
+                MetaState::Absent => json.extend_from_slice(b"}}"),
+            }
+            out.close();
+        }
+    }
+
+    /// Each metadata map to add the record of `pinned` to, its state, and the record's text
+    /// (see [`Record::ops`]).
+    fn adds(&self, pinned: &[&ImageSite]) -> Vec<(&PointerBuf, &MetaState, String)> {
         if pinned.is_empty() {
             return Vec::new();
         }
@@ -678,7 +818,7 @@ impl Record {
         for s in pinned {
             map.insert(&s.key, &s.image);
         }
-        let mut ops = Vec::new();
+        let mut adds = Vec::new();
         for (meta, state, only) in &self.metas {
             let part: BTreeMap<&str, &str> = match only {
                 None => map.clone(),
@@ -692,27 +832,12 @@ impl Record {
             }
             // A map of strings always serializes.
             let value = serde_json::to_string(&part).unwrap_or_default();
-            let (path, v) = match state {
-                MetaState::Annotations(Some(cur)) if *cur == value => continue,
-                MetaState::Annotations(_) => {
-                    let mut p = meta.clone();
-                    p.push_back("annotations");
-                    p.push_back(PINNED_ANNOTATION);
-                    (p, Value::String(value.clone()))
-                }
-                MetaState::NoAnnotations => {
-                    let mut p = meta.clone();
-                    p.push_back("annotations");
-                    (p, json!({ PINNED_ANNOTATION: value }))
-                }
-                MetaState::Absent => (
-                    meta.clone(),
-                    json!({ "annotations": { PINNED_ANNOTATION: value } }),
-                ),
-            };
-            ops.push(PatchOperation::Add(AddOperation { path, value: v }));
+            if matches!(state, MetaState::Annotations(Some(cur)) if *cur == value) {
+                continue;
+            }
+            adds.push((meta, state, value));
         }
-        ops
+        adds
     }
 }
 
@@ -1406,5 +1531,84 @@ mod tests {
             service_account_name(&json!({"serviceAccountName": "new", "serviceAccount": "old"})),
             "new"
         );
+    }
+
+    /// The patch written straight as text is, byte for byte, what `serde_json` writes for the
+    /// typed operations: pointers with `~0`/`~1` and JSON escapes, images with quotes,
+    /// backslashes, control characters and non-ASCII, and every state of a record's metadata.
+    #[test]
+    fn the_patch_text_is_what_serde_json_writes_for_the_typed_ops() {
+        let weird = "we/ird~0\"key\\ü\u{7}";
+        let spec = |img: &str| {
+            json!({"containers": [
+                {"name": "a\"b\\c", "image": img},
+                {"name": "ü/~x", "image": "café:ß\u{1}\t\u{7f}"}
+            ], "volumes": [{"name": "v~1", "image": {"reference": "m/\"q\":1\r\n"}}]})
+        };
+        let objects = [
+            // No annotations on the object, no metadata on the template.
+            json!({"metadata": {"name": "x"}, "spec": {weird: {"template": {"spec": spec("r.io/x:1\"\\ü")}}}}),
+            // Annotations without a record; a template metadata without annotations.
+            json!({"metadata": {"annotations": {"a": "b"}},
+                "spec": {weird: {"template": {"metadata": {"labels": {}}, "spec": spec("x")}}}}),
+            // A record that says something else, on both.
+            json!({"metadata": {"annotations": {PINNED_ANNOTATION: "{\"old\":\"x:1\"}"}},
+                "spec": {weird: {"template": {"metadata": {"annotations": {PINNED_ANNOTATION: "{}"}},
+                "spec": spec("y:2")}}}}),
+            // No metadata at all.
+            json!({"spec": {weird: {"template": {"spec": spec("z")}}}}),
+        ];
+        let spec_at: Vec<String> = ["spec", weird, "template", "spec"].map(String::from).into();
+        let meta_at: Vec<String> = ["spec", weird, "template", "metadata"]
+            .map(String::from)
+            .into();
+        let mut cases = 0;
+        for obj in &objects {
+            let sites = find_images(obj, &spec_at);
+            assert_eq!(sites.len(), 3);
+            let two = PodSpecAt {
+                spec_at: ["spec", "other~/"].map(String::from).into(),
+                template_meta_at: Some(["spec", "other~/", "metadata"].map(String::from).into()),
+                is_pod: false,
+            };
+            let one = PodSpecAt {
+                spec_at: spec_at.clone(),
+                template_meta_at: Some(meta_at.clone()),
+                is_pod: false,
+            };
+            let records = [
+                None,
+                Some(Record::at(obj, None, &sites)),
+                Some(Record::at(obj, Some(&meta_at), &sites)),
+                Some(Record::several(obj, &[one, two], &sites)),
+            ];
+            for record in &records {
+                for n in 0..=sites.len() {
+                    let pins: Vec<(&ImageSite, String)> = sites[..n]
+                        .iter()
+                        .map(|s| (s, format!("{}@sha256:{}\"\\ü", s.image, "a".repeat(64))))
+                        .collect();
+                    let pinned: Vec<&ImageSite> = pins.iter().map(|(s, _)| *s).collect();
+                    let mut typed = replace_ops(pins.iter().cloned());
+                    let mut text = PatchText::default();
+                    for (s, v) in &pins {
+                        text.replace(&s.pointer, v);
+                    }
+                    if let Some(r) = record {
+                        typed.extend(r.ops(&pinned));
+                        r.write_ops(&pinned, &mut text);
+                    }
+                    assert_eq!(
+                        String::from_utf8(text.as_bytes().to_vec()).unwrap(),
+                        serde_json::to_string(&typed).unwrap()
+                    );
+                    assert_eq!(text.len(), typed.len());
+                    assert_eq!(text.is_empty(), typed.is_empty());
+                    assert_eq!(text.parsed().unwrap(), typed);
+                    cases += usize::from(!typed.is_empty());
+                }
+            }
+        }
+        assert!(cases > 40, "{cases}");
     }
 }

@@ -209,7 +209,7 @@ proptest! {
         let dec = decide(&p, &outcomes, Endpoint::Mutate, keep_tag);
         prop_assert!(dec.allowed);
         let mut patched = obj.clone();
-        json_patch::patch(&mut patched, &dec.patch).unwrap();
+        json_patch::patch(&mut patched, &dec.patch.parsed().unwrap()).unwrap();
 
         let (mut a, mut b) = (obj.clone(), patched.clone());
         let (mut before, mut after) = (Vec::new(), Vec::new());

@@ -6,7 +6,7 @@ use base64::Engine as _;
 use super::plan::Plan;
 use super::review::{ResponseOut, ReviewOut, StatusOut};
 use super::warnings::{bound_warnings, bounded_list, truncate, MAX_DENIAL_BYTES};
-use crate::podspec::{self, ImageSite};
+use crate::podspec::{ImageSite, PatchText};
 use crate::resolve::{ImageOutcome, Outcome};
 
 /// `/mutate` pins what it can and never blocks; `/enforce` denies what it cannot pin.
@@ -29,7 +29,8 @@ impl Endpoint {
 #[derive(Debug, PartialEq)]
 pub struct Decision {
     pub allowed: bool,
-    pub patch: Vec<json_patch::PatchOperation>,
+    /// The JSON Patch (empty: no patch); [`PatchText::parsed`] gives its operations.
+    pub patch: PatchText,
     pub warnings: Vec<String>,
     /// Set on denial: the images that could not be pinned and why (bounded, see
     /// [`MAX_DENIAL_BYTES`]).
@@ -133,7 +134,7 @@ impl<'a> Sorted<'a> {
         if endpoint == Endpoint::Enforce && !failures.is_empty() {
             return Decision {
                 allowed: false,
-                patch: Vec::new(),
+                patch: PatchText::default(),
                 warnings: Vec::new(),
                 denial: Some(bounded_list(
                     format!("tagpin: denied, {left} image(s) could not be pinned to a digest: "),
@@ -147,10 +148,6 @@ impl<'a> Sorted<'a> {
             };
         }
         let pinned = pins.len();
-        let record_ops = match &plan.record {
-            Some(r) => r.ops(&pins.iter().map(|(s, _)| *s).collect::<Vec<_>>()),
-            None => Vec::new(),
-        };
         warnings.extend(
             failures
                 .iter()
@@ -158,8 +155,17 @@ impl<'a> Sorted<'a> {
                 .map(|(image, why)| format!("tagpin: {image} left unpinned: {why}")),
         );
         warnings.extend(plan.notes.iter().cloned());
-        let mut patch = podspec::replace_ops(pins);
-        patch.extend(record_ops);
+        // The pins, then the record: as `podspec::replace_ops` and `Record::ops` would.
+        let mut patch = PatchText::with_capacity(pinned + 2);
+        for (site, value) in &pins {
+            patch.replace(&site.pointer, value);
+        }
+        if let Some(r) = &plan.record {
+            r.write_ops(
+                &pins.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+                &mut patch,
+            );
+        }
         Decision {
             allowed: true,
             patch,
@@ -179,7 +185,7 @@ impl Decision {
         let allowed = endpoint == Endpoint::Mutate;
         Decision {
             allowed,
-            patch: Vec::new(),
+            patch: PatchText::default(),
             denial: (!allowed).then(|| format!("tagpin: denied: {why}")),
             warnings: if allowed { vec![why] } else { Vec::new() },
             pinned: 0,
@@ -203,12 +209,8 @@ impl Decision {
 
 /// Builds the AdmissionReview answer for a decision.
 pub fn response(api_version: String, uid: String, d: &Decision) -> ReviewOut {
-    let patch = (!d.patch.is_empty()).then(|| {
-        // Serializing a Vec of patch operations cannot fail. About 200 bytes an operation.
-        let mut json = Vec::with_capacity(d.patch.len() * 200);
-        let _ = serde_json::to_writer(&mut json, &d.patch);
-        base64::engine::general_purpose::STANDARD.encode(json)
-    });
+    let patch = (!d.patch.is_empty())
+        .then(|| base64::engine::general_purpose::STANDARD.encode(d.patch.as_bytes()));
     ReviewOut {
         api_version,
         kind: "AdmissionReview",

@@ -181,8 +181,8 @@ pub struct StatusOut {
 
 impl ReviewOut {
     /// The answer as JSON: the bytes `serde_json::to_vec` writes for it (a test holds them
-    /// equal), written into one buffer of about the right size, the base64 patch copied as it is
-    /// (its alphabet needs no escapes) rather than scanned for escapes.
+    /// equal), written into one buffer of about the right size; strings that need no escape
+    /// (the base64 patch among them) are copied whole ([`crate::json_str`]).
     pub fn to_json(&self) -> Vec<u8> {
         let r = &self.response;
         let texts = r.uid.len()
@@ -207,15 +207,7 @@ impl ReviewOut {
         }
         if let Some(p) = &r.patch {
             out.extend_from_slice(b",\"patch\":");
-            if p.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
-            {
-                out.push(b'"');
-                out.extend_from_slice(p.as_bytes());
-                out.push(b'"');
-            } else {
-                json_str(&mut out, p);
-            }
+            json_str(&mut out, p);
         }
         if !r.warnings.is_empty() {
             out.extend_from_slice(b",\"warnings\":[");
@@ -244,8 +236,7 @@ impl ReviewOut {
 
 /// `s` as a JSON string, escaped as `serde_json` escapes it.
 fn json_str(out: &mut Vec<u8>, s: &str) {
-    // Writing a string into a Vec cannot fail.
-    let _ = serde_json::to_writer(&mut *out, s);
+    crate::json_str::write(out, s);
 }
 
 #[cfg(test)]

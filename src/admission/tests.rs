@@ -166,7 +166,7 @@ fn decide_mutate_pins_and_warns() {
     assert!(dec.allowed);
     assert_eq!((dec.pinned, dec.left), (2, 2));
     let mut patched = obj.clone();
-    json_patch::patch(&mut patched, &dec.patch).unwrap();
+    json_patch::patch(&mut patched, &dec.patch.parsed().unwrap()).unwrap();
     let mut expected = obj;
     expected["spec"]["containers"][0]["image"] = json!(format!("nginx@{D}"));
     expected["spec"]["containers"][2]["image"] = json!(format!("app@{D}"));
@@ -247,7 +247,7 @@ fn response_has_base64_patch_and_status_code() {
     );
     let deny = Decision {
         allowed: false,
-        patch: vec![],
+        patch: Default::default(),
         warnings: vec![],
         denial: Some("no".into()),
         pinned: 0,
@@ -367,7 +367,7 @@ fn templates_are_pinned_and_recorded_owned_ones_never() {
     assert_eq!(images(&p), vec!["nginx:1"]);
     let dec = decide(&p, &[Outcome::Pinned(d)], Endpoint::Mutate, false);
     let mut out = obj;
-    json_patch::patch(&mut out, &dec.patch).unwrap();
+    json_patch::patch(&mut out, &dec.patch.parsed().unwrap()).unwrap();
     assert_eq!(
         out["spec"]["template"]["spec"]["containers"][0]["image"],
         format!("nginx@{D}")
@@ -406,7 +406,7 @@ fn custom_resources_are_pinned_by_their_pod_spec_shape() {
     assert_eq!(images(&p), vec!["nginx:1"]);
     let dec = decide(&p, &[Outcome::Pinned(d)], Endpoint::Mutate, false);
     let mut out = obj;
-    json_patch::patch(&mut out, &dec.patch).unwrap();
+    json_patch::patch(&mut out, &dec.patch.parsed().unwrap()).unwrap();
     assert_eq!(
         out["spec"]["template"]["spec"]["containers"][0]["image"],
         format!("nginx@{D}")
@@ -543,7 +543,7 @@ fn template_update_during_an_outage_keeps_the_digest_the_old_object_had() {
         false,
     );
     let mut out = new.clone();
-    json_patch::patch(&mut out, &dec.patch).unwrap();
+    json_patch::patch(&mut out, &dec.patch.parsed().unwrap()).unwrap();
     assert_eq!(
         out["spec"]["template"]["spec"]["containers"][0]["image"],
         format!("nginx@{D}"),
