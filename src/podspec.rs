@@ -426,7 +426,7 @@ pub fn value_at<'v, S: AsRef<str>>(object: &'v Value, tokens: &[S]) -> Option<&'
 fn step<'v>(v: &'v Value, token: &str) -> Option<&'v Value> {
     match v {
         Value::Array(a) => a.get(token.parse::<usize>().ok()?),
-        _ => v.get(token),
+        _ => field(v, token),
     }
 }
 
@@ -447,8 +447,8 @@ pub fn children(v: &Value) -> Vec<(String, &Value)> {
 /// `initContainers` or `ephemeralContainers`): `web`, `init/migrate`, `ephemeral/debug`.
 pub fn container_key(list: &str, name: &str) -> String {
     match list {
-        "initContainers" => format!("init/{name}"),
-        "ephemeralContainers" => format!("ephemeral/{name}"),
+        "initContainers" => joined(&["init/", name]),
+        "ephemeralContainers" => joined(&["ephemeral/", name]),
         _ => name.to_string(),
     }
 }
@@ -457,43 +457,41 @@ pub fn container_key(list: &str, name: &str) -> String {
 /// `initContainers[].image`, `ephemeralContainers[].image` and `volumes[].image.reference`.
 /// Fields that are absent or not strings are skipped (the API server validates them).
 pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSite> {
-    let base = PointerBuf::from_tokens(spec_at.iter().map(AsRef::as_ref));
     let Some(spec) = value_at(object, spec_at) else {
         return Vec::new();
     };
+    let base = PointerBuf::from_tokens(spec_at.iter().map(AsRef::as_ref));
     let mut sites = Vec::new();
     for list in ["containers", "initContainers", "ephemeralContainers"] {
-        let Some(items) = spec.get(list).and_then(Value::as_array) else {
+        let Some(items) = field(spec, list).and_then(Value::as_array) else {
             continue;
         };
         for (i, c) in items.iter().enumerate() {
-            if let Some(image) = c.get("image").and_then(Value::as_str) {
-                let pointer = site_pointer(&base, list, i, &["image"]);
-                let name = c.get("name").and_then(Value::as_str).unwrap_or("?");
-                let key = container_key(list, name);
+            if let Some(image) = field(c, "image").and_then(Value::as_str) {
+                let name = field(c, "name").and_then(Value::as_str).unwrap_or("?");
                 sites.push(ImageSite {
-                    pointer,
+                    pointer: site_pointer(&base, list, i, &["image"]),
                     image: image.to_string(),
-                    label: format!("{list}/{name}"),
+                    label: joined(&[list, "/", name]),
                     list,
                     name: name.to_string(),
-                    key,
+                    key: container_key(list, name),
                 });
             }
         }
     }
-    if let Some(vols) = spec.get("volumes").and_then(Value::as_array) {
+    if let Some(vols) = field(spec, "volumes").and_then(Value::as_array) {
         for (i, v) in vols.iter().enumerate() {
-            if let Some(image) = v.pointer("/image/reference").and_then(Value::as_str) {
-                let pointer = site_pointer(&base, "volumes", i, &["image", "reference"]);
-                let name = v.get("name").and_then(Value::as_str).unwrap_or("?");
+            let reference = field(v, "image").and_then(|i| field(i, "reference"));
+            if let Some(image) = reference.and_then(Value::as_str) {
+                let name = field(v, "name").and_then(Value::as_str).unwrap_or("?");
                 sites.push(ImageSite {
-                    pointer,
+                    pointer: site_pointer(&base, "volumes", i, &["image", "reference"]),
                     image: image.to_string(),
-                    label: format!("volumes/{name}"),
+                    label: joined(&["volumes/", name]),
                     list: "volumes",
                     name: name.to_string(),
-                    key: format!("volume/{name}"),
+                    key: joined(&["volume/", name]),
                 });
             }
         }
@@ -501,13 +499,34 @@ pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSit
     sites
 }
 
+/// The value of `key` in a map (`None` for anything else). The maps of a pruned object hold a
+/// few keys: compared one by one, as `serde_json`'s map would not (it hashes the key first).
+fn field<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
+    let map = v.as_object()?;
+    if map.len() > 8 {
+        return map.get(key);
+    }
+    map.iter().find_map(|(k, v)| (k == key).then_some(v))
+}
+
+/// The strings `parts`, one after the other, in a string of the right size.
+fn joined(parts: &[&str]) -> String {
+    let mut s = String::with_capacity(parts.iter().map(|p| p.len()).sum());
+    for p in parts {
+        s.push_str(p);
+    }
+    s
+}
+
 /// `base` followed by `list`, `i` and `tail` (`/containers/0/image`): one string written at once
 /// rather than a token at a time.
 fn site_pointer(base: &PointerBuf, list: &str, i: usize, tail: &[&str]) -> PointerBuf {
-    use std::fmt::Write as _;
-    let mut s = String::with_capacity(base.as_str().len() + 40);
+    let mut s = String::with_capacity(base.as_str().len() + 48);
     s.push_str(base.as_str());
-    let _ = write!(s, "/{list}/{i}");
+    s.push('/');
+    s.push_str(list);
+    s.push('/');
+    push_index(&mut s, i);
     for t in tail {
         s.push('/');
         s.push_str(t);
@@ -523,6 +542,24 @@ fn site_pointer(base: &PointerBuf, list: &str, i: usize, tail: &[&str]) -> Point
         }
         p
     })
+}
+
+/// The decimal digits of `i`, without the formatting machinery.
+fn push_index(s: &mut String, i: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = i;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[at..] {
+        s.push(char::from(d));
+    }
 }
 
 /// On UPDATE, an image that is identical at the same place in the old object is already running
@@ -1610,5 +1647,25 @@ mod tests {
             }
         }
         assert!(cases > 40, "{cases}");
+    }
+
+    #[test]
+    fn indexes_and_small_maps_read_as_the_formatting_and_map_lookups_do() {
+        for i in [0, 7, 9, 10, 99, 100, 12_345, usize::MAX] {
+            let mut s = String::new();
+            push_index(&mut s, i);
+            assert_eq!(s, i.to_string());
+        }
+        let small = json!({"a": 1, "image": "x", "name": "n"});
+        let big: Value = (0..20).map(|i| (format!("k{i}"), json!(i))).collect();
+        for (v, k) in [
+            (&small, "image"),
+            (&small, "nope"),
+            (&big, "k17"),
+            (&big, "k99"),
+        ] {
+            assert_eq!(field(v, k), v.get(k));
+        }
+        assert_eq!(field(&json!(["image"]), "image"), None);
     }
 }
