@@ -112,8 +112,12 @@ pub const SELECTOR_WORDS: &[&str] = &["selector", "match", "criteria", "filter",
 
 /// True for a key whose value selects or matches things rather than describing them.
 pub fn is_selector_key(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    SELECTOR_WORDS.iter().any(|w| k.contains(w))
+    // Compared in place rather than on a lowercased copy: the words are lowercase ASCII.
+    let k = key.as_bytes();
+    SELECTOR_WORDS.iter().any(|w| {
+        k.windows(w.len())
+            .any(|at| at.eq_ignore_ascii_case(w.as_bytes()))
+    })
 }
 
 /// Why an `image` field found by [`discover`] is not pinned.
