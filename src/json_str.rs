@@ -49,25 +49,26 @@ fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
-/// How many bytes at the start of `bytes` need no escape. Eight at a time while none does (a
-/// word holds a byte below 0x20, or equal to `"` or `\`, exactly when these bit tests say so),
-/// then byte by byte.
+/// How many bytes at the start of `bytes` need no escape: eight at a time, a word's first byte
+/// to escape found from its bits, then byte by byte for the last few.
 fn plain_prefix(bytes: &[u8]) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([1; 8]);
-    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
-    // Some byte of `x` is zero.
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH != 0;
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    // The high bit of each byte of `x` below `n` (n <= 0x80). Exact up to the lowest such byte:
+    // a borrow only reaches the bytes above it.
+    let below = |x: u64, n: u8| x.wrapping_sub(ONES * u64::from(n)) & !x & HIGH;
     let mut i = 0;
     for chunk in bytes.chunks_exact(8) {
         let mut word = [0u8; 8];
         word.copy_from_slice(chunk);
-        let x = u64::from_ne_bytes(word);
-        let control = x.wrapping_sub(ONES * 0x20) & !x & HIGH != 0;
-        if control
-            || has_zero(x ^ (ONES * u64::from(b'"')))
-            || has_zero(x ^ (ONES * u64::from(b'\\')))
-        {
-            break;
+        let x = u64::from_le_bytes(word);
+        // Bytes below 0x20, and bytes equal to `"` or `\` (zero once xor-ed with it).
+        let special = below(x, 0x20)
+            | below(x ^ (ONES * u64::from(b'"')), 1)
+            | below(x ^ (ONES * u64::from(b'\\')), 1);
+        if special != 0 {
+            // Little-endian: the lowest set bit is the first byte.
+            return i + (special.trailing_zeros() / 8) as usize;
         }
         i += 8;
     }
@@ -97,7 +98,9 @@ mod tests {
                 let mut s = "a".repeat(at);
                 s.push(char::from(b));
                 s.push_str(&"é".repeat(at % 5));
-                cases.push(s);
+                cases.push(s.clone());
+                // After non-ASCII bytes, and with more to escape after it.
+                cases.push(format!("{}{s}\"x\\{}", "ü".repeat(at % 7), char::from(b)));
             }
         }
         for s in &cases {
