@@ -31,14 +31,7 @@ pub enum CommandError {
 
 /// An error and each of its causes on one line, `: ` between them.
 pub fn message(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        out.push_str(": ");
-        out.push_str(&c.to_string());
-        cause = c.source();
-    }
-    out
+    crate::logging::error_chain(e)
 }
 
 /// The resolver the registry flags describe, recording into `metrics`; `adjust` sets what only

@@ -65,13 +65,7 @@ impl Visit for Recorded {
     }
     fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
         // The error and its sources in one text: the chain cannot be kept as error values.
-        let mut text = value.to_string();
-        let mut source = value.source();
-        while let Some(s) = source {
-            text.push_str(": ");
-            text.push_str(&s.to_string());
-            source = s.source();
-        }
+        let text = super::error_chain(value);
         self.fields.push((field.clone(), Owned::Shown(text)));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {

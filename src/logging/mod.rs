@@ -45,6 +45,19 @@ impl fmt::Display for Escaped<'_> {
     }
 }
 
+/// An error and each of its causes on one line, `: ` between them (the message a person sees,
+/// and a logged error's field).
+pub fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
 /// Installs the process-wide subscriber: `RUST_LOG` or `info`, text or JSON lines on stderr,
 /// written by the calling thread. In text logs every request-derived field goes through
 /// [`Escaped`] (or is a quoted string).
