@@ -295,60 +295,38 @@ async fn warm_miss(s: &Setup, n: usize, round: u64) -> (Duration, f64) {
         let tags: Vec<String> = (0..n).map(|i| format!("w{round}-{n}-{rep}-{i}")).collect();
         push(s, &tags).await;
         let images: Vec<String> = tags.iter().map(|t| format!("{}/app:{t}", s.addr)).collect();
-        let t = Instant::now();
-        let (out, req) = s
-            .counted(async {
-                let out = resolve(&r, &images).await;
-                (out, t.elapsed())
-            })
-            .await;
-        all_pinned(&out.0);
-        times.push(out.1);
+        let (took, req) = timed_batch(s, &r, &images).await;
+        times.push(took);
         requests += req;
     }
     (median(times), requests as f64 / (reps() * n) as f64)
 }
 
-async fn first_contact(s: &Setup, round: u64) -> (Duration, f64) {
-    let mut times = Vec::new();
-    let mut requests = 0;
-    for rep in 0..reps() {
-        let tag = format!("first-{round}-{rep}");
-        push(s, std::slice::from_ref(&tag)).await;
-        let r = s.resolver();
-        let images = [format!("{}/app:{tag}", s.addr)];
-        let t = Instant::now();
-        let (out, req) = s
-            .counted(async {
-                let out = resolve(&r, &images).await;
-                (out, t.elapsed())
-            })
-            .await;
-        all_pinned(&out.0);
-        times.push(out.1);
-        requests += req;
-    }
-    (median(times), requests as f64 / reps() as f64)
+/// One batch of `images` on `r`, all pinned: how long it took, and the registry requests it made.
+async fn timed_batch(s: &Setup, r: &Resolver, images: &[String]) -> (Duration, usize) {
+    let t = Instant::now();
+    let ((out, took), requests) = s
+        .counted(async {
+            let out = resolve(r, images).await;
+            (out, t.elapsed())
+        })
+        .await;
+    all_pinned(&out);
+    (took, requests)
 }
 
-/// First contact with a pod of `n` images: a new resolver, `n` new tags in one batch.
-async fn first_contact_n(s: &Setup, n: usize) -> (Duration, f64) {
+/// First contact with a pod of `n` images: a new resolver, `n` new tags (`{prefix}-{rep}-{i}`)
+/// in one batch; registry requests per image.
+async fn first_contact(s: &Setup, n: usize, prefix: &str) -> (Duration, f64) {
     let mut times = Vec::new();
     let mut requests = 0;
     for rep in 0..reps() {
-        let tags: Vec<String> = (0..n).map(|i| format!("firstn-{rep}-{i}")).collect();
+        let tags: Vec<String> = (0..n).map(|i| format!("{prefix}-{rep}-{i}")).collect();
         push(s, &tags).await;
         let r = s.resolver();
         let images: Vec<String> = tags.iter().map(|t| format!("{}/app:{t}", s.addr)).collect();
-        let t = Instant::now();
-        let (out, req) = s
-            .counted(async {
-                let out = resolve(&r, &images).await;
-                (out, t.elapsed())
-            })
-            .await;
-        all_pinned(&out.0);
-        times.push(out.1);
+        let (took, req) = timed_batch(s, &r, &images).await;
+        times.push(took);
         requests += req;
     }
     (median(times), requests as f64 / (reps() * n) as f64)
@@ -488,7 +466,7 @@ fn main() {
                     let (t, req) = warm_miss(s, n, one_way).await;
                     cells.push(format!("{}, {req:.1} req/image", rtts_and_rest(t, rtt)));
                 }
-                let (t, req) = first_contact(s, one_way).await;
+                let (t, req) = first_contact(s, 1, &format!("first-{one_way}")).await;
                 cells.push(format!("{:.2} RTT, {req:.1} requests", rtts(t, rtt)));
                 println!("| {} | {} |", s.name, cells.join(" | "));
             }
@@ -503,7 +481,7 @@ fn main() {
         println!("\ninjected: {} ms each way", ONE_WAY_MS[0]);
         let mut cells = Vec::new();
         for s in &setups {
-            let (t, req) = first_contact_n(s, 16).await;
+            let (t, req) = first_contact(s, 16, "firstn").await;
             cells.push(format!("{}: {:.2} RTT, {req:.1} req/image", s.name, rtts(t, rtt)));
         }
         println!("first contact, 16 images: {}", cells.join("; "));
