@@ -184,8 +184,8 @@ fn benches(c: &mut Criterion) {
 
     // The pieces of the cached path (issue 25), no I/O: classifying the 4 images of the cached
     // Pod by parsing each (the reference grammar is a regex) against by the resolver's kept
-    // parses (what an admission does now); and building the answer (decide, the patch, base64,
-    // the JSON) from the outcomes.
+    // parses (what an admission does now); building the answer (decide, the patch, base64, the
+    // JSON) from the outcomes; and reading the review.
     let mut g = c.benchmark_group("pieces");
     g.measurement_time(Duration::from_secs(3));
     let four: Vec<String> = images.iter().chain(&many).take(4).cloned().collect();
@@ -220,6 +220,18 @@ fn benches(c: &mut Criterion) {
             let d = decide(&p, &outcomes, Endpoint::Mutate, false);
             let out = response(api_version.clone(), req.uid.clone(), &d);
             black_box(serde_json::to_vec(&out).unwrap())
+        })
+    });
+    // Reading a review (the 4-image Pod of tests/data/pod-create.json): tagpin's reader, which
+    // scans the body and keeps only what it reads, against serde_json building all of it as a
+    // `Value`.
+    let review = serde_json::to_vec(&fixture("pod-create.json", &four_refs)).unwrap();
+    g.bench_function("read_review_pod_create", |b| {
+        b.iter(|| black_box(parse_review(black_box(&review)).unwrap()))
+    });
+    g.bench_function("serde_json_value_of_the_review", |b| {
+        b.iter(|| {
+            black_box(serde_json::from_slice::<serde_json::Value>(black_box(&review)).unwrap())
         })
     });
     g.finish();

@@ -18,7 +18,8 @@
 //! Numbers, `null`, other strings and booleans, `labels`, and empty maps and lists are skipped
 //! with [`IgnoredAny`] and never allocated. The nested shape is kept wherever a pod spec could be,
 //! so discovery by shape (a map whose `containers` is a list of maps with an `image` string) works
-//! on the pruned value as on the whole one.
+//! on the pruned value as on the whole one. A key given twice counts once, with its last value,
+//! as when the whole object is read (`tests/json_props.rs` holds the two together).
 //!
 //! What is kept is bounded: past [`MAX_KEPT_NODES`] values, the rest of the object is skipped
 //! and [`Pruned::over_budget`] is set (the caller then refuses to inspect the object).
@@ -257,8 +258,15 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                 budget: self.budget,
                 ctx,
             };
-            if let Some(v) = map.next_value_seed(node)? {
-                out.insert(key.into_owned(), v);
+            match map.next_value_seed(node)? {
+                Some(v) => {
+                    out.insert(key.into_owned(), v);
+                }
+                // A repeated key: the last one counts, as when the whole object is read.
+                None if !out.is_empty() => {
+                    out.remove(key.as_ref());
+                }
+                None => {}
             }
         }
         if self.budget.over.get() || (out.is_empty() && !self.keeps_empty_map()) {

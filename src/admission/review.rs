@@ -263,6 +263,93 @@ mod tests {
         }
     }
 
+    const REQUEST: &str =
+        r#""uid":"u1","kind":{"group":"","version":"v1","kind":"Pod"},"operation":"CREATE""#;
+
+    fn review(request: &str) -> String {
+        format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{{request}}}}}"#
+        )
+    }
+
+    #[test]
+    fn the_envelope_is_read_in_any_order_and_with_escaped_keys() {
+        let body = format!(
+            r#" {{ "request" : {{ "object":{{"spec":{{"containers":[{{"image":"a:1"}}]}}}}, {REQUEST}, "userInfo":{{"groups":["x"]}}, "dryRun":true, "n\u0061me":null }} , "kind":"AdmissionReview", "\u0061piVersion":"admission.k8s.io/v1beta1" }} "#
+        );
+        let (api_version, r) = parse_review(body.as_bytes()).unwrap();
+        assert_eq!(api_version, "admission.k8s.io/v1beta1");
+        assert_eq!((r.uid.as_str(), r.operation.as_str()), ("u1", "CREATE"));
+        assert_eq!(r.kind.kind, "Pod");
+        assert_eq!(r.dry_run, Some(true));
+        assert_eq!(r.name, None);
+        assert_eq!(r.object.unwrap()["spec"]["containers"][0]["image"], "a:1");
+        assert!(r.old_object.is_none() && !r.too_large);
+        assert_eq!(
+            parse_review_header(body.as_bytes()).unwrap(),
+            ("admission.k8s.io/v1beta1".to_string(), "u1".to_string())
+        );
+    }
+
+    #[test]
+    fn a_body_that_is_not_a_review_says_what_is_wrong() {
+        let cases = [
+            (
+                review(&format!(r#"{REQUEST},"uid":"u2""#)),
+                "duplicate field `uid`",
+            ),
+            (
+                review(r#""uid":7,"kind":{"kind":"Pod"},"operation":"CREATE""#),
+                "invalid type: integer `7`, expected a string",
+            ),
+            (
+                review(r#""uid":"u","operation":"CREATE""#),
+                "missing field `kind`",
+            ),
+            (
+                review(r#""uid":"u","kind":{"group":""},"operation":"CREATE""#),
+                "missing field `kind`",
+            ),
+            (
+                review(&format!(r#"{REQUEST},"dryRun":"yes""#)),
+                "expected a boolean",
+            ),
+            (
+                review(&format!(r#"{REQUEST},"object":{{"a":[1,}}"#)),
+                "line 1 column",
+            ),
+            (format!("{} x", review(REQUEST)), "trailing characters"),
+            (
+                r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":"x"}"#
+                    .into(),
+                "invalid type: string",
+            ),
+        ];
+        for (body, says) in cases {
+            let e = parse_review(body.as_bytes()).unwrap_err().to_string();
+            assert!(
+                e.starts_with("body is not an AdmissionReview: "),
+                "{body}: {e}"
+            );
+            assert!(e.contains(says), "{body}: {e}");
+        }
+        let null_request =
+            r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":null}"#;
+        assert!(matches!(
+            parse_review(null_request.as_bytes()),
+            Err(ReviewError::NoRequest)
+        ));
+        let no_uid = review(r#""uid":"","kind":{"kind":"Pod"},"operation":"CREATE""#);
+        assert!(matches!(
+            parse_review(no_uid.as_bytes()),
+            Err(ReviewError::NoUid)
+        ));
+        assert!(matches!(parse_review(b"\xff"), Err(ReviewError::Json(_))));
+        // The uid alone is read, but the rest is still checked as JSON.
+        let broken = review(&format!(r#"{REQUEST},"object":{{"a":tru}}"#));
+        assert!(parse_review_header(broken.as_bytes()).is_err());
+    }
+
     #[test]
     fn the_answer_is_written_as_serde_json_writes_it() {
         for o in [

@@ -719,7 +719,8 @@ fn json_has_every_field_of_the_contract_even_when_null() {
     )];
     let a = answers("ns", &[("app:1", Outcome::Pinned(d(B)))]);
     let (f, _) = inventory(&pods).findings(&a, &namespaces(&[("ns", None)]), &[]);
-    let v: Value = serde_json::from_str(&report(f).json()).unwrap();
+    let report_json = report(f).json();
+    let v: Value = serde_json::from_str(&report_json).unwrap();
     let fields = [
         "kind",
         "namespace",
@@ -738,14 +739,11 @@ fn json_has_every_field_of_the_contract_even_when_null() {
         "check",
         "detail",
     ];
-    for finding in v["findings"].as_array().unwrap() {
-        let keys: Vec<_> = finding
-            .as_object()
-            .unwrap()
-            .keys()
-            .map(String::as_str)
-            .collect();
-        assert_eq!(keys, fields);
+    // Read in the order written (a `Value`'s map does not keep it).
+    let ordered: Findings = serde_json::from_str(&report_json).unwrap();
+    assert_eq!(ordered.findings.len(), 2);
+    for keys in &ordered.findings {
+        assert_eq!(keys.0, fields);
     }
     assert_eq!(v["findings"][0]["kind"], "unpinned");
     assert_eq!(v["findings"][0]["opted_in"], false);
@@ -801,4 +799,35 @@ fn table_has_a_header_a_row_per_finding_and_the_summary() {
     );
     // Nothing found: only the summary.
     assert_eq!(report(vec![]).table().lines().count(), 1);
+}
+
+/// The findings of an audit report, each as its keys in the order they are written.
+#[derive(serde::Deserialize)]
+struct Findings {
+    findings: Vec<KeysInOrder>,
+}
+
+struct KeysInOrder(Vec<String>);
+
+impl<'de> serde::Deserialize<'de> for KeysInOrder {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = KeysInOrder;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a finding")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<KeysInOrder, A::Error> {
+                let mut keys = Vec::new();
+                while let Some((k, _)) = m.next_entry::<String, serde::de::IgnoredAny>()? {
+                    keys.push(k);
+                }
+                Ok(KeysInOrder(keys))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }

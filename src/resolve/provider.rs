@@ -541,12 +541,20 @@ impl Provider {
         timeout: Duration,
     ) -> Result<ProviderResponse, ProviderError> {
         let name = &self.spec.name;
-        let request = serde_json::json!({
-            "apiVersion": self.spec.api_version,
-            "kind": "CredentialProviderRequest",
-            "image": image,
+        // Written as the kubelet writes it, field by field in this order.
+        #[derive(serde::Serialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Request<'a> {
+            api_version: &'a str,
+            kind: &'static str,
+            image: &'a str,
+        }
+        let request = serde_json::to_string(&Request {
+            api_version: &self.spec.api_version,
+            kind: "CredentialProviderRequest",
+            image,
         })
-        .to_string();
+        .unwrap_or_default();
         let spawn_err = |e: std::io::Error| ProviderError::Spawn {
             name: name.clone(),
             image: image.to_string(),
