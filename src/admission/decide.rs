@@ -1,10 +1,8 @@
 //! The decision for one request: what to pin, what to warn about, whether to deny; and the
 //! AdmissionReview answer that says it. Pure.
 
-use base64::Engine as _;
-
 use super::plan::Plan;
-use super::review::{ResponseOut, ReviewOut, StatusOut};
+use super::review::{Base64Patch, ResponseOut, ReviewOut, StatusOut};
 use super::warnings::{bound_warnings, bounded_list, truncate, MAX_DENIAL_BYTES};
 use crate::podspec::{ImageSite, PatchText};
 use crate::resolve::{ImageOutcome, Outcome};
@@ -209,8 +207,7 @@ impl Decision {
 
 /// Builds the AdmissionReview answer for a decision.
 pub fn response(api_version: String, uid: String, d: &Decision) -> ReviewOut {
-    let patch = (!d.patch.is_empty())
-        .then(|| base64::engine::general_purpose::STANDARD.encode(d.patch.as_bytes()));
+    let patch = (!d.patch.is_empty()).then(|| Base64Patch::encode(d.patch.as_bytes()));
     ReviewOut {
         api_version,
         kind: "AdmissionReview",

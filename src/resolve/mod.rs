@@ -11,13 +11,13 @@ pub mod auth;
 pub mod breaker;
 pub mod cache;
 pub mod credentials;
+mod distinct;
 pub mod http;
 pub mod netpolicy;
 pub mod provider;
 pub mod registry;
 pub mod sources;
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,6 +30,7 @@ use crate::reference::{Digest, ImageRef, ReferenceError};
 use breaker::Breakers;
 use cache::{DigestCache, Key};
 use credentials::{Credential, CredentialSet};
+use distinct::Numbering;
 use http::{RegistryError, RegistryOptions};
 use provider::Providers;
 use registry::RegistryClient;
@@ -376,17 +377,17 @@ impl Resolver {
     ) -> Batch {
         let mut outcomes = Vec::with_capacity(images.len());
         let mut distinct: Vec<ImageRef> = Vec::new();
-        let mut seen: HashMap<&str, usize> = HashMap::new();
+        let mut numbering = Numbering::default();
         // For each image: where its tag is in `distinct`, if it has one.
         let mut slots: Vec<Option<usize>> = Vec::with_capacity(images.len());
         for image in images {
             let image = image.as_ref();
             match self.classify(image) {
                 Class::Tag(r) => {
-                    let i = *seen.entry(image).or_insert_with(|| {
+                    let (i, new) = numbering.number(image);
+                    if new {
                         distinct.push(r);
-                        distinct.len() - 1
-                    });
+                    }
                     slots.push(Some(i));
                     outcomes.push(ImageOutcome::Skipped); // replaced below
                 }
