@@ -16,26 +16,31 @@ use oci_client::Reference;
 #[derive(Clone, PartialEq, Eq)]
 pub struct ImageRef(Arc<Parts>);
 
-#[derive(Debug, PartialEq, Eq)]
+/// One parsed reference in two strings (three allocations with the `Arc`, where one string per
+/// part took seven): the parse cache keeps thousands of these (`resolve::Parsed`).
+#[derive(PartialEq, Eq)]
 struct Parts {
-    /// The string exactly as written in the object.
-    original: String,
-    /// The repository part exactly as written (`original` without `:tag`).
-    written_repo: String,
-    /// The tag as written, if any (`None` means the implicit `latest`).
-    tag: Option<String>,
-    /// Registry host as the HTTP API is reached (`index.docker.io` for Docker Hub).
-    registry: String,
-    /// Repository path inside the registry (`library/nginx`).
-    repository: String,
-    /// `registry/repository:tag`, the digest cache's name for this tag (built once here, so a
-    /// cache lookup builds no string).
+    /// The string exactly as written: the repository as written is its first `repo_end` bytes,
+    /// the written tag (if any) follows them after a `:`.
+    original: Box<str>,
+    repo_end: usize,
+    /// `registry/repository:tag` (`latest` when no tag was written), the digest cache's name for
+    /// this tag (built once here, so a cache lookup builds no string): the registry host as the
+    /// HTTP API is reached (`index.docker.io` for Docker Hub) is its first `registry_end` bytes,
+    /// the repository path inside the registry (`library/nginx`) runs to `repository_end`.
     cache_name: Box<str>,
+    registry_end: usize,
+    repository_end: usize,
 }
 
 impl fmt::Debug for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        f.debug_struct("ImageRef")
+            .field("original", &self.original())
+            .field("registry", &self.registry())
+            .field("repository", &self.repository())
+            .field("tag", &self.tag())
+            .finish()
     }
 }
 
@@ -96,11 +101,10 @@ impl ImageRef {
         cache_name.push(':');
         cache_name.push_str(tag_or_latest);
         Ok(Self(Arc::new(Parts {
-            original: image.to_string(),
-            written_repo: written_repo.to_string(),
-            tag: tag.map(str::to_string),
-            registry: registry.to_string(),
-            repository: repository.to_string(),
+            original: image.into(),
+            repo_end: written_repo.len(),
+            registry_end: registry.len(),
+            repository_end: registry.len() + 1 + repository.len(),
             cache_name: cache_name.into_boxed_str(),
         })))
     }
@@ -111,19 +115,19 @@ impl ImageRef {
     }
     /// Registry host (and port) the HTTP API is reached at.
     pub fn registry(&self) -> &str {
-        &self.0.registry
+        &self.0.cache_name[..self.0.registry_end]
     }
     /// Repository path inside the registry.
     pub fn repository(&self) -> &str {
-        &self.0.repository
+        &self.0.cache_name[self.0.registry_end + 1..self.0.repository_end]
     }
     /// The tag to resolve (`latest` when none was written).
     pub fn tag(&self) -> &str {
-        self.0.tag.as_deref().unwrap_or("latest")
+        &self.0.cache_name[self.0.repository_end + 1..]
     }
     /// The repository exactly as written (no tag).
     pub fn written_repository(&self) -> &str {
-        &self.0.written_repo
+        &self.0.original[..self.0.repo_end]
     }
 
     /// `registry/repository:tag` (the tag `latest` when none was written): what the digest
@@ -305,10 +309,16 @@ mod tests {
         assert_eq!(r.repository(), "team/app/web");
         assert_eq!(r.tag(), "v1.2.3-rc_1");
         assert_eq!(r.written_repository(), "127.0.0.1:5000/team/app/web");
+        assert_eq!(r.cache_name(), "127.0.0.1:5000/team/app/web:v1.2.3-rc_1");
+        assert_eq!(
+            format!("{r:?}"),
+            r#"ImageRef { original: "127.0.0.1:5000/team/app/web:v1.2.3-rc_1", registry: "127.0.0.1:5000", repository: "team/app/web", tag: "v1.2.3-rc_1" }"#
+        );
         // A port is not a tag.
         let r = ImageRef::parse("localhost:5000/app").unwrap();
         assert_eq!(r.registry(), "localhost:5000");
         assert_eq!(r.tag(), "latest");
+        assert_eq!(r.cache_name(), "localhost:5000/app:latest");
         assert_eq!(r.pinned(&d(), false), format!("localhost:5000/app@{D}"));
     }
 
