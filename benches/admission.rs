@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
-use tagpin::admission::{decide, parse_review, plan, response, Endpoint};
+use tagpin::admission::{decide, parse_review, plan, response, Base64Patch, Endpoint};
 use tagpin::pin;
 use tagpin::reference::ImageRef;
 use tagpin::resolve::{BatchRequest, Budget, ImageOutcome};
@@ -185,7 +185,7 @@ fn benches(c: &mut Criterion) {
     // The pieces of the cached path (issue 25), no I/O: classifying the 4 images of the cached
     // Pod by parsing each (the reference grammar is a regex) against by the resolver's kept
     // parses (what an admission does now); building the answer (decide, the patch, base64, the
-    // JSON) from the outcomes; and reading the review.
+    // JSON) from the outcomes, and its base64 alone; and reading the review.
     let mut g = c.benchmark_group("pieces");
     g.measurement_time(Duration::from_secs(3));
     let four: Vec<String> = images.iter().chain(&many).take(4).cloned().collect();
@@ -219,7 +219,19 @@ fn benches(c: &mut Criterion) {
         b.iter(|| {
             let d = decide(&p, &outcomes, Endpoint::Mutate, false);
             let out = response(api_version.clone(), req.uid.clone(), &d);
-            black_box(serde_json::to_vec(&out).unwrap())
+            black_box(out.to_json())
+        })
+    });
+    // The answer's patch in base64: the SIMD encoder the answer uses, against the base64 crate's
+    // (which the answer used until issue 25's fifth pass).
+    let patch = decide(&p, &outcomes, Endpoint::Mutate, false).patch;
+    g.bench_function("base64_of_the_patch", |b| {
+        b.iter(|| black_box(Base64Patch::encode(black_box(patch.as_bytes()))))
+    });
+    g.bench_function("base64_crate_of_the_patch", |b| {
+        use base64::Engine as _;
+        b.iter(|| {
+            black_box(base64::engine::general_purpose::STANDARD.encode(black_box(patch.as_bytes())))
         })
     });
     // Reading a review (the 4-image Pod of tests/data/pod-create.json): tagpin's reader, which

@@ -15,7 +15,7 @@ pub use admitter::{AdmissionConfig, Admitter};
 pub use decide::{decide, response, Decision, Endpoint};
 pub use plan::{credential_request, plan, Plan};
 pub use review::{
-    parse_review, parse_review_header, AdmissionRequest, AdmissionReview, Envelope,
+    parse_review, parse_review_header, AdmissionRequest, AdmissionReview, Base64Patch, Envelope,
     GroupVersionKind, ResponseOut, ReviewError, ReviewOut, StatusOut,
 };
 pub use warnings::{
