@@ -11,6 +11,7 @@ import os
 import re
 import signal
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -342,11 +343,17 @@ class Installed:
         )
 
     def wait_ready(self, timeout: float = 240):
+        """Until the Deployment is 2/2 ready and its Service answers at its ClusterIP: kube-proxy
+        programs a new Service's endpoints a moment after its pods are ready, and until then the
+        API server's call is refused and the webhook fails open (a CI run admitted a pod
+        unpinned 2 s after `kubectl apply -k`)."""
         try:
             wait_for(f"tagpin's Deployment ({self.method}) 2/2 ready", self.ready, timeout=timeout, interval=1)
         except AssertionError as e:
             detail = kubectl("-n", SYSTEM_NS, "describe", "pods", check=False).stdout[-4000:]
             raise AssertionError(f"{e}\n--- kubectl describe pods -n {SYSTEM_NS}\n{detail}") from None
+        ip = harness.get("service", "tagpin", SYSTEM_NS)["spec"]["clusterIP"]
+        wait_for(f"tagpin's Service ({self.method}) reachable at {ip}:443", lambda: service_connects(ip, 443), timeout=60, interval=0.5)
 
     @property
     def upgrade_command(self) -> str:
@@ -375,6 +382,16 @@ class Installed:
         else:
             kubectl("delete", "-k", str(self.overlay), "--ignore-not-found", timeout=180)
         kubectl("label", "namespace", "--all", "tagpin.io/mode-", "tagpin.io/workloads-")
+
+
+def service_connects(ip: str, port: int) -> bool:
+    """Whether a TCP connection to a Service's ClusterIP succeeds from the host (where the API
+    server runs): kube-proxy rejects it until the Service has ready endpoints programmed."""
+    try:
+        with socket.create_connection((ip, port), timeout=2):
+            return True
+    except OSError:
+        return False
 
 
 def registry_ca_configmap(env: dict):
