@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use crate::json_str;
 
@@ -503,12 +503,17 @@ pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSit
     sites
 }
 
-/// The value of `key` in a map (`None` for anything else). The maps of a pruned object hold a
-/// few keys: found by equality, which rejects most keys on their length, rather than by the
-/// map's ordered search, which compares bytes with every key it passes (`Value::get` here costs
-/// about 1.7k instructions more per cached admission, `benches/hotpath.rs`).
+/// The value of `key` in a map (`None` for anything else).
 fn field<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
-    let map = v.as_object()?;
+    map_get(v.as_object()?, key)
+}
+
+/// The value of `key` in `map`. The maps of a pruned object hold a few keys: found by equality,
+/// which rejects most keys on their length, rather than by the map's ordered search, which
+/// compares bytes with every key it passes (`Value::get` in [`field`] cost about 1.7k
+/// instructions more per cached admission, `benches/hotpath.rs`); past eight keys, by that
+/// search.
+pub(crate) fn map_get<'m>(map: &'m Map<String, Value>, key: &str) -> Option<&'m Value> {
     if map.len() > 8 {
         return map.get(key);
     }

@@ -32,7 +32,7 @@ use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess,
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use crate::podspec::PINNED_ANNOTATION;
+use crate::podspec::{map_get, PINNED_ANNOTATION};
 
 /// String fields kept wherever they appear.
 pub const KEPT_STRINGS: &[&str] = &[
@@ -263,10 +263,10 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                     out.insert(key.into_owned(), v);
                 }
                 // A repeated key: the last one counts, as when the whole object is read. Most
-                // keys are dropped and most maps keep a few: looked for by equality while the map
-                // is small, by its own search past that (searching it for every dropped key cost
-                // 2.8k instructions per cached admission, `benches/hotpath.rs`; this, half).
-                None if out.len() > 8 || out.keys().any(|k| *k == *key) => {
+                // keys are dropped and most maps keep a few: looked for as `podspec` looks up a
+                // field (searching the map for every dropped key cost 2.8k instructions per
+                // cached admission, `benches/hotpath.rs`; this, half).
+                None if map_get(&out, &key).is_some() => {
                     out.remove(key.as_ref());
                 }
                 None => {}
