@@ -878,8 +878,7 @@ impl Record {
             if part.is_empty() {
                 continue;
             }
-            // A map of strings always serializes.
-            let value = serde_json::to_string(&part).unwrap_or_default();
+            let value = record_text(&part);
             if matches!(state, MetaState::Annotations(Some(cur)) if *cur == value) {
                 continue;
             }
@@ -887,6 +886,25 @@ impl Record {
         }
         adds
     }
+}
+
+/// The record's text: `part` as a JSON object, the bytes `serde_json::to_string` writes for
+/// it (a test holds them equal), written straight into one string.
+fn record_text(part: &BTreeMap<&str, &str>) -> String {
+    let len: usize = part.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
+    let mut out = Vec::with_capacity(len + 2);
+    out.push(b'{');
+    for (i, (k, v)) in part.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        json_str::write(&mut out, k);
+        out.push(b':');
+        json_str::write(&mut out, v);
+    }
+    out.push(b'}');
+    // Only whole strings and ASCII punctuation were written.
+    String::from_utf8(out).unwrap_or_default()
 }
 
 /// The record state of the metadata map at `tokens` of `object`.
@@ -966,6 +984,28 @@ pub fn service_account_name(pod_spec: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_record_text_is_what_serde_json_writes() {
+        let maps: [&[(&str, &str)]; 4] = [
+            &[],
+            &[("web", "nginx:1")],
+            &[
+                ("initContainers/setup", "reg.example:5000/team/setup:v1"),
+                ("a\"quoted\\key", "caf\u{e9}\n\u{1}\u{7f}\u{2028}:1"),
+                ("web", "nginx@sha256:abc"),
+            ],
+            &[("", "")],
+        ];
+        for m in maps {
+            let part: BTreeMap<&str, &str> = m.iter().copied().collect();
+            assert_eq!(
+                record_text(&part),
+                serde_json::to_string(&part).unwrap(),
+                "{m:?}"
+            );
+        }
+    }
 
     #[test]
     fn recorded_tag_inline_or_from_the_record_of_the_same_repository() {
