@@ -108,7 +108,7 @@ impl Admitter {
     ) -> Decision {
         let images: Vec<&str> = plan.sites.iter().map(|s| s.image.as_str()).collect();
         let batch_req = BatchRequest {
-            credentials: credential_request(req),
+            credentials: credential_request(req, plan),
             allow_stale: self.config.stale_on_error && endpoint == Endpoint::Mutate,
             progress: None,
         };

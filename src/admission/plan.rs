@@ -29,6 +29,9 @@ pub struct Plan {
     /// Image fields the discovery rule leaves alone (outside every pod spec, or undecided), as
     /// warnings in the words `tagpin pin` uses for them.
     pub notes: Vec<String>,
+    /// Where the first pod spec found is (its pull secrets and service account are the
+    /// object's; [`credential_request`]); none when no site is considered.
+    pub pod_spec_at: Option<Vec<String>>,
 }
 
 /// Which image sites of the request to consider. Pure.
@@ -104,17 +107,19 @@ pub fn plan(req: &AdmissionRequest) -> Plan {
         all
     };
     let template_update = update && !is_pod;
+    let previous = previous_pins(
+        req.old_object.as_ref().filter(|_| template_update),
+        &specs,
+        &sites,
+    );
     Plan {
-        previous: previous_pins(
-            req.old_object.as_ref().filter(|_| template_update),
-            &specs,
-            &sites,
-        ),
+        previous,
         sites,
         record,
         ignored: None,
         over_limit: None,
         notes,
+        pod_spec_at: specs.into_iter().next().map(|s| s.spec_at),
     }
 }
 
@@ -155,15 +160,14 @@ fn previous_pins(
 }
 
 /// Where the request's pod spec is, for reading its pull secrets (and, for a template, its
-/// service account's). Pure.
-pub fn credential_request(req: &AdmissionRequest) -> CredentialRequest<'_> {
-    // The first pod spec found, as `plan` finds them (built-in kinds by their path, custom
-    // resources by their shape): its pull secrets and service account are the object's.
-    let pod_spec = req.object.as_ref().and_then(|o| {
-        let specs = podspec::pod_specs(&req.kind.group, &req.kind.kind, o);
-        let at = specs.first()?;
-        podspec::value_at(o, &at.spec_at)
-    });
+/// service account's): the first pod spec [`plan`] found (built-in kinds by their path, custom
+/// resources by their shape), not searched for again. Pure.
+pub fn credential_request<'r>(req: &'r AdmissionRequest, plan: &Plan) -> CredentialRequest<'r> {
+    let pod_spec = req
+        .object
+        .as_ref()
+        .zip(plan.pod_spec_at.as_ref())
+        .and_then(|(o, at)| podspec::value_at(o, at));
     CredentialRequest {
         namespace: req.namespace.as_deref().filter(|n| !n.is_empty()),
         pod_spec,

@@ -582,14 +582,14 @@ fn template_update_during_an_outage_keeps_the_digest_the_old_object_had() {
 #[test]
 fn credential_request_finds_the_pod_spec() {
     let r = req("CREATE", None, pod(&["a:1"]), None);
-    let c = credential_request(&r);
+    let c = credential_request(&r, &super::plan(&r));
     assert_eq!(c.namespace, Some("ns"));
     assert!(!c.template);
     assert_eq!(c.pod_spec, r.object.as_ref().and_then(|o| o.get("spec")));
     let mut other = req("CREATE", None, pod(&["a:1"]), None);
     other.kind.kind = "Unknown".into();
     other.namespace = Some(String::new());
-    let c = credential_request(&other);
+    let c = credential_request(&other, &super::plan(&other));
     assert!(c.pod_spec.is_none() && c.template && c.namespace.is_none());
     // A custom resource with a pod template: its pod spec, found by shape.
     let mut rollout = req(
@@ -603,7 +603,7 @@ fn credential_request_finds_the_pod_spec() {
         version: "v1alpha1".into(),
         kind: "Rollout".into(),
     };
-    let c = credential_request(&rollout);
+    let c = credential_request(&rollout, &super::plan(&rollout));
     assert_eq!(
         c.pod_spec,
         rollout
