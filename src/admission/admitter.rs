@@ -10,7 +10,7 @@ use super::logline::{self, AdmissionLine};
 use super::plan::{credential_request, plan, Plan};
 use super::review::{parse_review, parse_review_header, AdmissionRequest, ReviewError, ReviewOut};
 use crate::logging::Escaped;
-use crate::metrics::{AdmissionLabels, Metrics, PathLabel};
+use crate::metrics::Metrics;
 use crate::resolve::{BatchRequest, Budget, Resolver};
 
 /// Settings that shape admission answers. (`--skip-prefix` is the resolver's: it classifies.)
@@ -164,13 +164,7 @@ impl Admitter {
 
     fn count(&self, path: &'static str, outcome: &'static str, started: Instant) {
         self.metrics
-            .admissions
-            .get_or_create(&AdmissionLabels { path, outcome })
-            .inc();
-        self.metrics
-            .admission_seconds
-            .get_or_create(&PathLabel { path })
-            .observe(started.elapsed().as_secs_f64());
+            .count_admission(path, outcome, started.elapsed().as_secs_f64());
     }
 }
 
