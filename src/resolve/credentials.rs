@@ -299,6 +299,10 @@ impl CredentialSet {
     /// Credentials that apply to an image at `registry` (the API host, as
     /// [`crate::reference::ImageRef::registry`] gives it) and `repository`, most specific first.
     pub fn matching(&self, registry: &str, repository: &str) -> Vec<Credential> {
+        // Most sets are empty (no docker config, no pull secrets): no host to spell out.
+        if self.entries.is_empty() {
+            return Vec::new();
+        }
         let host = normalize_host(registry);
         self.entries
             .iter()
