@@ -359,11 +359,12 @@ pub fn images_of(object: &Value, specs: &[PodSpecAt]) -> Vec<ImageSite> {
     specs
         .iter()
         .flat_map(|s| {
-            let at = PointerBuf::from_tokens(s.spec_at.iter().map(String::as_str));
+            // Only several pod specs need their pointer in each site's key and label.
+            let at = several.then(|| PointerBuf::from_tokens(s.spec_at.iter().map(String::as_str)));
             find_images(object, &s.spec_at)
                 .into_iter()
                 .map(move |mut site| {
-                    if several {
+                    if let Some(at) = &at {
                         site.key = format!("{at}#{}", site.key);
                         site.label = format!("{at} {}", site.label);
                     }
