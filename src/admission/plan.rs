@@ -30,7 +30,8 @@ pub struct Plan {
     /// warnings in the words `tagpin pin` uses for them.
     pub notes: Vec<String>,
     /// Where the first pod spec found is (its pull secrets and service account are the
-    /// object's; [`credential_request`]); none when no site is considered.
+    /// object's; [`credential_request`]); none when the plan stopped before looking for one
+    /// (an ignored or over-limit request) or found none.
     pub pod_spec_at: Option<Vec<String>>,
 }
 
