@@ -236,6 +236,9 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut out = Map::new();
+        // The kept keys' lengths as bits (`len % 64`): a dropped key can have been kept before
+        // only if its length's bit is set, so most dropped keys are not searched for.
+        let mut kept_lengths = 0u64;
         while let Some(MapKey(key)) = map.next_key::<MapKey<'de>>()? {
             if self.budget.over.get() {
                 map.next_value::<IgnoredAny>()?;
@@ -258,15 +261,18 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                 budget: self.budget,
                 ctx,
             };
+            let length_bit = 1u64 << (key.len() % 64);
             match map.next_value_seed(node)? {
                 Some(v) => {
+                    kept_lengths |= length_bit;
                     out.insert(key.into_owned(), v);
                 }
                 // A repeated key: the last one counts, as when the whole object is read. Most
-                // keys are dropped and most maps keep a few: looked for as `podspec` looks up a
-                // field (searching the map for every dropped key cost 2.8k instructions per
-                // cached admission, `benches/hotpath.rs`; this, half).
-                None if map_get(&out, &key).is_some() => {
+                // keys are dropped and most maps keep a few: looked for only when a kept key
+                // had its length, and then as `podspec` looks up a field (searching the map for
+                // every dropped key cost 2.8k instructions per cached admission,
+                // `benches/hotpath.rs`; with `podspec`'s lookup, half).
+                None if kept_lengths & length_bit != 0 && map_get(&out, &key).is_some() => {
                     out.remove(key.as_ref());
                 }
                 None => {}
@@ -329,6 +335,33 @@ mod tests {
             p.value,
             json!({"spec": {"containers": [{"name": "web", "image": "nginx:1"}]}})
         );
+    }
+
+    #[test]
+    fn a_kept_key_given_again_and_dropped_is_gone_whatever_its_length() {
+        // Dropped keys are searched for only when a kept key had the same length (modulo 64):
+        // keys of 64 bytes and more, a map's key, and another key of the same length.
+        let long = format!("spec{}", "x".repeat(66));
+        let cases = [
+            format!(r#"{{"{long}":{{"image":"a:1"}},"{long}":7,"kind":"Pod"}}"#),
+            r#"{"spec":{"image":"a:1"},"spec":7,"kind":"Pod"}"#.to_string(),
+            r#"{"spec":{"image":"a:1"},"spex":7,"kind":"Pod"}"#.to_string(),
+            r#"{"kind":"Pod","spec":{"containers":[{"image":"a:1","image":null}]}}"#.to_string(),
+        ];
+        for doc in &cases {
+            let whole: Value = serde_json::from_str(doc).unwrap();
+            let p = Pruned::from_slice(doc.as_bytes()).unwrap();
+            let w = Pruned::from_slice(&serde_json::to_vec(&whole).unwrap()).unwrap();
+            assert_eq!(p, w, "{doc}");
+        }
+        let kept = |doc: &str| Pruned::from_slice(doc.as_bytes()).unwrap().value;
+        assert_eq!(kept(&cases[0]), json!({"kind": "Pod"}));
+        assert_eq!(kept(&cases[1]), json!({"kind": "Pod"}));
+        assert_eq!(
+            kept(&cases[2]),
+            json!({"kind": "Pod", "spec": {"image": "a:1"}})
+        );
+        assert_eq!(kept(&cases[3]), json!({"kind": "Pod"}));
     }
 
     #[test]
