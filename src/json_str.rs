@@ -44,6 +44,20 @@ pub fn escape(out: &mut Vec<u8>, s: &str) {
     }
 }
 
+/// The inside of `s` as a JSON string, escaped, and that escaped again: how a string inside a
+/// JSON document is written when the document is itself a JSON string (the `tagpin.io/pinned`
+/// record in a patch). A string that needs no escape is the same after both.
+pub fn escape_twice(out: &mut Vec<u8>, s: &str) {
+    if plain_prefix(s.as_bytes()) == s.len() {
+        out.extend_from_slice(s.as_bytes());
+        return;
+    }
+    let mut once = Vec::with_capacity(s.len() + 8);
+    escape(&mut once, s);
+    // Only escapes were added to a string: still UTF-8.
+    escape(out, std::str::from_utf8(&once).unwrap_or_default());
+}
+
 /// True for the bytes a JSON string escapes: `"`, `\` and the control characters.
 fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
@@ -109,6 +123,17 @@ mod tests {
             assert_eq!(
                 String::from_utf8(ours).unwrap(),
                 serde_json::to_string(s).unwrap()
+            );
+            // Twice: the string inside a JSON document written as a JSON string.
+            let mut twice = b"\"".to_vec();
+            escape_twice(&mut twice, s);
+            twice.push(b'"');
+            let once = serde_json::to_string(s).unwrap();
+            let inner = &once[1..once.len() - 1];
+            assert_eq!(
+                String::from_utf8(twice).unwrap(),
+                serde_json::to_string(inner).unwrap(),
+                "{s:?}"
             );
         }
     }

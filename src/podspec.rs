@@ -802,7 +802,8 @@ impl Record {
     pub fn ops(&self, pinned: &[&ImageSite]) -> Vec<PatchOperation> {
         self.adds(pinned)
             .into_iter()
-            .map(|(meta, state, value)| {
+            .map(|(meta, state, part)| {
+                let value = record_text(&part);
                 let (path, v) = match state {
                     MetaState::Annotations(_) => {
                         let mut p = meta.clone();
@@ -827,7 +828,7 @@ impl Record {
 
     /// [`Record::ops`], written into `out`.
     pub fn write_ops(&self, pinned: &[&ImageSite], out: &mut PatchText) {
-        for (meta, state, value) in self.adds(pinned) {
+        for (meta, state, part) in self.adds(pinned) {
             let meta = meta.as_str();
             let json = match state {
                 MetaState::Annotations(_) => out.open("add", meta, ANNOTATION_SUFFIX),
@@ -842,7 +843,7 @@ impl Record {
                     json
                 }
             };
-            json_str::write(json, &value);
+            write_record(json, &part);
             match state {
                 MetaState::Annotations(_) => {}
                 MetaState::NoAnnotations => json.push(b'}'),
@@ -852,9 +853,13 @@ impl Record {
         }
     }
 
-    /// Each metadata map to add the record of `pinned` to, its state, and the record's text
+    /// Each metadata map to add the record of `pinned` to, its state, and the record's entries
     /// (see [`Record::ops`]).
-    fn adds(&self, pinned: &[&ImageSite]) -> Vec<(&PointerBuf, &MetaState, String)> {
+    #[allow(clippy::type_complexity)]
+    fn adds<'r>(
+        &'r self,
+        pinned: &[&'r ImageSite],
+    ) -> Vec<(&'r PointerBuf, &'r MetaState, BTreeMap<&'r str, &'r str>)> {
         if pinned.is_empty() {
             return Vec::new();
         }
@@ -879,11 +884,11 @@ impl Record {
             if part.is_empty() {
                 continue;
             }
-            let value = record_text(&part);
-            if matches!(state, MetaState::Annotations(Some(cur)) if *cur == value) {
+            // Written only to compare with a record already there.
+            if matches!(state, MetaState::Annotations(Some(cur)) if *cur == record_text(&part)) {
                 continue;
             }
-            adds.push((meta, state, value));
+            adds.push((meta, state, part));
         }
         adds
     }
@@ -906,6 +911,23 @@ fn record_text(part: &BTreeMap<&str, &str>) -> String {
     out.push(b'}');
     // Only whole strings and ASCII punctuation were written.
     String::from_utf8(out).unwrap_or_default()
+}
+
+/// The record's text (see [`record_text`]) as a JSON string, written straight into `out`:
+/// each key and value escaped twice rather than the whole text escaped after it is written.
+fn write_record(out: &mut Vec<u8>, part: &BTreeMap<&str, &str>) {
+    out.extend_from_slice(b"\"{");
+    for (i, (k, v)) in part.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"\\\"");
+        json_str::escape_twice(out, k);
+        out.extend_from_slice(b"\\\":\\\"");
+        json_str::escape_twice(out, v);
+        out.extend_from_slice(b"\\\"");
+    }
+    out.extend_from_slice(b"}\"");
 }
 
 /// The record state of the metadata map at `tokens` of `object`.
@@ -1003,6 +1025,14 @@ mod tests {
             assert_eq!(
                 record_text(&part),
                 serde_json::to_string(&part).unwrap(),
+                "{m:?}"
+            );
+            // And in a patch: the text as a JSON string, written without the text.
+            let mut written = Vec::new();
+            write_record(&mut written, &part);
+            assert_eq!(
+                String::from_utf8(written).unwrap(),
+                serde_json::to_string(&record_text(&part)).unwrap(),
                 "{m:?}"
             );
         }
