@@ -188,6 +188,13 @@ fn decide_mutate_pins_and_warns() {
         "{:?}",
         dec.warnings
     );
+    // --keep-tag: the tag stays in front of the digest, on fresh and stale pins alike.
+    let kept = decide(&p, &outcomes, Endpoint::Mutate, true);
+    let mut patched = expected.clone();
+    json_patch::patch(&mut patched, &kept.patch.parsed().unwrap()).unwrap();
+    expected["spec"]["containers"][0]["image"] = json!(format!("nginx:1@{D}"));
+    expected["spec"]["containers"][2]["image"] = json!(format!("app:2@{D}"));
+    assert_eq!(patched, expected);
 }
 
 #[test]
