@@ -428,6 +428,13 @@ mod tests {
             p["spec"]["template"]["spec"]["containers"],
             json!([null, null, {"image": "a:1"}])
         );
+        // Dropped elements between and after kept ones keep their places too.
+        let list =
+            json!({"spec": {"containers": [1, {"image": "a:1"}, 2, {}, {"image": "b:2"}, 3, 4]}});
+        assert_eq!(
+            prune(&list).value,
+            json!({"spec": {"containers": [null, {"image": "a:1"}, null, null, {"image": "b:2"}, null, null]}})
+        );
         // A custom resource: the pod spec deep inside keeps its shape.
         let cr = json!({"spec": {"workers": {"pod": {"spec": {"containers": [{"name": "w", "image": "w:1", "args": ["x"]}]}}}, "replicas": 3}});
         assert_eq!(
