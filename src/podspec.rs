@@ -303,26 +303,53 @@ impl Walk {
             }
             Shape::None => {}
         }
-        for (k, child) in children(v) {
-            if path.is_empty() && (k == "metadata" || k == "status") {
-                continue;
-            }
-            if shape == Shape::Partial && k == "containers" {
-                continue;
-            }
-            let selector = under_selector || (v.is_object() && is_selector_key(&k));
-            path.push(k);
-            match child {
-                Value::String(s) if path.last().is_some_and(|k| k == "image") => {
-                    self.out.others.push(OtherImage {
-                        at: path.clone(),
-                        image: s.clone(),
-                        why: Why::Outside,
-                    });
+        match v {
+            Value::Object(m) => {
+                for (k, child) in m {
+                    self.child(k, child, path, shape, under_selector || is_selector_key(k));
                 }
-                _ => self.walk(child, path, selector),
             }
-            path.pop();
+            Value::Array(a) => {
+                for (i, child) in a.iter().enumerate() {
+                    self.child(&i.to_string(), child, path, shape, under_selector);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The child `key` of the map or list at `path`: an `image` string outside every pod spec
+    /// is listed, a map or list walked. Its key is copied into the path only for those.
+    fn child(
+        &mut self,
+        key: &str,
+        child: &Value,
+        path: &mut Vec<String>,
+        shape: Shape,
+        selector: bool,
+    ) {
+        if path.is_empty() && (key == "metadata" || key == "status") {
+            return;
+        }
+        if shape == Shape::Partial && key == "containers" {
+            return;
+        }
+        match child {
+            Value::String(s) if key == "image" => {
+                let mut at = path.clone();
+                at.push(key.to_string());
+                self.out.others.push(OtherImage {
+                    at,
+                    image: s.clone(),
+                    why: Why::Outside,
+                });
+            }
+            Value::Object(_) | Value::Array(_) => {
+                path.push(key.to_string());
+                self.walk(child, path, selector);
+                path.pop();
+            }
+            _ => {}
         }
     }
 }
@@ -432,19 +459,6 @@ fn step<'v>(v: &'v Value, token: &str) -> Option<&'v Value> {
     match v {
         Value::Array(a) => a.get(token.parse::<usize>().ok()?),
         _ => field(v, token),
-    }
-}
-
-/// A map's entries or a list's items, each with its JSON-pointer token; none for a scalar.
-pub fn children(v: &Value) -> Vec<(String, &Value)> {
-    match v {
-        Value::Object(m) => m.iter().map(|(k, v)| (k.clone(), v)).collect(),
-        Value::Array(a) => a
-            .iter()
-            .enumerate()
-            .map(|(i, v)| (i.to_string(), v))
-            .collect(),
-        _ => Vec::new(),
     }
 }
 
