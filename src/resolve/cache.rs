@@ -127,14 +127,16 @@ impl DigestCache {
         }
     }
 
-    /// The entry for `key` if it may still answer; one past both TTLs is dropped.
-    fn entry<Q>(&self, key: &Q) -> Option<Known>
+    /// The entry for `key` and its age if it may still answer; one past both TTLs is dropped.
+    /// The clock is read once for both.
+    fn entry<Q>(&self, key: &Q) -> Option<(Known, Duration)>
     where
         Q: std::hash::Hash + quick_cache::Equivalent<Key>,
     {
         let k = self.known.get(key)?;
-        if k.fetched.elapsed() < self.keep {
-            return Some(k);
+        let age = k.fetched.elapsed();
+        if age < self.keep {
+            return Some((k, age));
         }
         // Only if it is still that old entry (a load may just have replaced it).
         self.known
@@ -144,22 +146,22 @@ impl DigestCache {
 
     /// The digest fetched for `key` within the fresh TTL.
     pub async fn fresh(&self, key: &Key) -> Option<Digest> {
-        let k = self.entry(key)?;
-        (k.fetched.elapsed() < self.fresh_for).then_some(k.digest)
+        let (k, age) = self.entry(key)?;
+        (age < self.fresh_for).then_some(k.digest)
     }
 
     /// [`Self::fresh`] for `image` with `cred`, answered on the spot (the cached path of an
     /// admission: no task, no key built).
     pub fn fresh_now(&self, image: &ImageRef, cred: &Credential) -> Option<Digest> {
-        let k = self.entry(&KeyRef::new(image, cred))?;
-        (k.fetched.elapsed() < self.fresh_for).then_some(k.digest)
+        let (k, age) = self.entry(&KeyRef::new(image, cred))?;
+        (age < self.fresh_for).then_some(k.digest)
     }
 
     /// The last digest fetched for `key`, within the stale TTL.
     pub async fn last_known(&self, key: &Key) -> Option<Digest> {
         let stale_for = self.stale_for?;
-        let k = self.entry(key)?;
-        (k.fetched.elapsed() < stale_for).then_some(k.digest)
+        let (k, age) = self.entry(key)?;
+        (age < stale_for).then_some(k.digest)
     }
 
     /// Runs `load` for `key` unless a load for it is already under way, in which case its result
