@@ -309,9 +309,15 @@ impl Walk {
                     self.child(k, child, path, shape, under_selector || is_selector_key(k));
                 }
             }
+            // An index is never `metadata`, `status`, `containers` or `image`: only a map or
+            // list in a list is walked.
             Value::Array(a) => {
                 for (i, child) in a.iter().enumerate() {
-                    self.child(&i.to_string(), child, path, shape, under_selector);
+                    if child.is_object() || child.is_array() {
+                        path.push(i.to_string());
+                        self.walk(child, path, under_selector);
+                        path.pop();
+                    }
                 }
             }
             _ => {}
