@@ -875,11 +875,7 @@ impl Record {
 
     /// Each metadata map to add the record of `pinned` to, its state, and the record's entries
     /// (see [`Record::ops`]).
-    #[allow(clippy::type_complexity)]
-    fn adds<'r>(
-        &'r self,
-        pinned: &[&'r ImageSite],
-    ) -> Vec<(&'r PointerBuf, &'r MetaState, BTreeMap<&'r str, &'r str>)> {
+    fn adds<'r>(&'r self, pinned: &[&'r ImageSite]) -> Vec<RecordAdd<'r>> {
         if pinned.is_empty() {
             return Vec::new();
         }
@@ -914,21 +910,15 @@ impl Record {
     }
 }
 
+/// A metadata map to add the record to, its state, and the record's entries for it.
+type RecordAdd<'r> = (&'r PointerBuf, &'r MetaState, BTreeMap<&'r str, &'r str>);
+
 /// The record's text: `part` as a JSON object, the bytes `serde_json::to_string` writes for
 /// it (a test holds them equal), written straight into one string.
 fn record_text(part: &BTreeMap<&str, &str>) -> String {
     let len: usize = part.iter().map(|(k, v)| k.len() + v.len() + 6).sum();
     let mut out = Vec::with_capacity(len + 2);
-    out.push(b'{');
-    for (i, (k, v)) in part.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        json_str::write(&mut out, k);
-        out.push(b':');
-        json_str::write(&mut out, v);
-    }
-    out.push(b'}');
+    write_map(&mut out, part, b"\"", json_str::escape);
     // Only whole strings and ASCII punctuation were written.
     String::from_utf8(out).unwrap_or_default()
 }
@@ -936,18 +926,34 @@ fn record_text(part: &BTreeMap<&str, &str>) -> String {
 /// The record's text (see [`record_text`]) as a JSON string, written straight into `out`:
 /// each key and value escaped twice rather than the whole text escaped after it is written.
 fn write_record(out: &mut Vec<u8>, part: &BTreeMap<&str, &str>) {
-    out.extend_from_slice(b"\"{");
+    out.push(b'"');
+    write_map(out, part, b"\\\"", json_str::escape_twice);
+    out.push(b'"');
+}
+
+/// `part` as a JSON object of strings, each string between `quote`s and its inside written by
+/// `escape`: the record's text itself, or that text inside a JSON string.
+fn write_map(
+    out: &mut Vec<u8>,
+    part: &BTreeMap<&str, &str>,
+    quote: &[u8],
+    escape: fn(&mut Vec<u8>, &str),
+) {
+    let string = |out: &mut Vec<u8>, s: &str| {
+        out.extend_from_slice(quote);
+        escape(out, s);
+        out.extend_from_slice(quote);
+    };
+    out.push(b'{');
     for (i, (k, v)) in part.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        out.extend_from_slice(b"\\\"");
-        json_str::escape_twice(out, k);
-        out.extend_from_slice(b"\\\":\\\"");
-        json_str::escape_twice(out, v);
-        out.extend_from_slice(b"\\\"");
+        string(out, k);
+        out.push(b':');
+        string(out, v);
     }
-    out.extend_from_slice(b"}\"");
+    out.push(b'}');
 }
 
 /// The record state of the metadata map at `tokens` of `object`.
