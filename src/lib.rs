@@ -1,6 +1,6 @@
 //! tagpin: pins container image tags to digests as objects are admitted to Kubernetes.
 //!
-//! The pure core (`reference`, `podspec`, `prune`, the planning and deciding half of
+//! The pure core (`reference`, `tree`, `podspec`, `prune`, the planning and deciding half of
 //! `admission`, the findings of `audit`, the plans of `pin`) takes values and returns values.
 //! What touches the outside: `resolve::http`, `resolve::registry` and `resolve::auth` (registry
 //! and token requests), `resolve::provider` (plugin processes), `resolve::credentials` and `cli`
@@ -25,6 +25,7 @@ pub mod reference;
 pub mod resolve;
 pub mod server;
 pub mod tls;
+pub mod tree;
 
 /// Installs the one rustls crypto provider (ring) for the process. Idempotent.
 pub fn install_crypto_provider() {

@@ -4,9 +4,10 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::json_str;
+use crate::tree::Tree;
 
 /// One image field in an object: its JSON pointer and the string found there.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -208,7 +209,7 @@ pub struct Discovery {
 /// `others`: [`Why::Undecided`] when it is in a `containers` list some of whose items name no
 /// image, else [`Why::Outside`]. The walk stops, and judges nothing, past
 /// [`MAX_SEARCH_DEPTH`] levels or [`MAX_SEARCH_NODES`] maps and lists.
-pub fn discover(group: &str, kind: &str, object: &Value) -> Discovery {
+pub fn discover<T: Tree>(group: &str, kind: &str, object: &T) -> Discovery {
     if group.is_empty() && matches!(kind, "ConfigMap" | "Secret") {
         return Discovery::default();
     }
@@ -237,7 +238,7 @@ pub fn discover(group: &str, kind: &str, object: &Value) -> Discovery {
 }
 
 /// Every pod spec of an object, by [`discover`]'s rule (none when the object is not judged).
-pub fn pod_specs(group: &str, kind: &str, object: &Value) -> Vec<PodSpecAt> {
+pub fn pod_specs<T: Tree>(group: &str, kind: &str, object: &T) -> Vec<PodSpecAt> {
     discover(group, kind, object).specs
 }
 
@@ -250,8 +251,8 @@ struct Walk {
 }
 
 impl Walk {
-    fn walk(&mut self, v: &Value, path: &mut Vec<String>, under_selector: bool) {
-        if self.out.incomplete.is_some() || !(v.is_object() || v.is_array()) {
+    fn walk<T: Tree>(&mut self, v: &T, path: &mut Vec<String>, under_selector: bool) {
+        if self.out.incomplete.is_some() || !(v.is_map() || v.as_list().is_some()) {
             return;
         }
         if self.fixed.as_ref() == Some(path) {
@@ -287,9 +288,9 @@ impl Walk {
                 return;
             }
             Shape::Partial => {
-                if let Some(items) = v.get("containers").and_then(Value::as_array) {
+                if let Some(items) = v.field("containers").and_then(T::as_list) {
                     for (i, c) in items.iter().enumerate() {
-                        if let Some(image) = c.get("image").and_then(Value::as_str) {
+                        if let Some(image) = c.field("image").and_then(T::as_str) {
                             let mut at = path.clone();
                             at.extend(["containers".into(), i.to_string(), "image".into()]);
                             self.out.others.push(OtherImage {
@@ -303,33 +304,29 @@ impl Walk {
             }
             Shape::None => {}
         }
-        match v {
-            Value::Object(m) => {
-                for (k, child) in m {
-                    self.child(k, child, path, shape, under_selector || is_selector_key(k));
-                }
-            }
+        if let Some(list) = v.as_list() {
             // An index is never `metadata`, `status`, `containers` or `image`: only a map or
             // list in a list is walked.
-            Value::Array(a) => {
-                for (i, child) in a.iter().enumerate() {
-                    if child.is_object() || child.is_array() {
-                        path.push(i.to_string());
-                        self.walk(child, path, under_selector);
-                        path.pop();
-                    }
+            for (i, child) in list.iter().enumerate() {
+                if child.is_map() || child.as_list().is_some() {
+                    path.push(i.to_string());
+                    self.walk(child, path, under_selector);
+                    path.pop();
                 }
             }
-            _ => {}
+        } else {
+            for (k, child) in v.entries() {
+                self.child(k, child, path, shape, under_selector || is_selector_key(k));
+            }
         }
     }
 
     /// The child `key` of the map or list at `path`: an `image` string outside every pod spec
     /// is listed, a map or list walked. Its key is copied into the path only for those.
-    fn child(
+    fn child<T: Tree>(
         &mut self,
         key: &str,
-        child: &Value,
+        child: &T,
         path: &mut Vec<String>,
         shape: Shape,
         selector: bool,
@@ -340,22 +337,18 @@ impl Walk {
         if shape == Shape::Partial && key == "containers" {
             return;
         }
-        match child {
-            Value::String(s) if key == "image" => {
-                let mut at = path.clone();
-                at.push(key.to_string());
-                self.out.others.push(OtherImage {
-                    at,
-                    image: s.clone(),
-                    why: Why::Outside,
-                });
-            }
-            Value::Object(_) | Value::Array(_) => {
-                path.push(key.to_string());
-                self.walk(child, path, selector);
-                path.pop();
-            }
-            _ => {}
+        if let Some(image) = child.as_str().filter(|_| key == "image") {
+            let mut at = path.clone();
+            at.push(key.to_string());
+            self.out.others.push(OtherImage {
+                at,
+                image: image.to_string(),
+                why: Why::Outside,
+            });
+        } else if child.is_map() || child.as_list().is_some() {
+            path.push(key.to_string());
+            self.walk(child, path, selector);
+            path.pop();
         }
     }
 }
@@ -369,13 +362,13 @@ enum Shape {
     None,
 }
 
-fn containers_shape(v: &Value) -> Shape {
-    let Some(items) = v.get("containers").and_then(Value::as_array) else {
+fn containers_shape<T: Tree>(v: &T) -> Shape {
+    let Some(items) = v.field("containers").and_then(T::as_list) else {
         return Shape::None;
     };
     let with_image = items
         .iter()
-        .filter(|c| c.get("image").and_then(Value::as_str).is_some())
+        .filter(|c| c.field("image").and_then(T::as_str).is_some())
         .count();
     match with_image {
         0 => Shape::None,
@@ -387,7 +380,7 @@ fn containers_shape(v: &Value) -> Shape {
 /// Every image field of the pod specs `specs` of `object`. When there are several pod specs,
 /// each site's record key and label start with its pod spec's JSON pointer
 /// (`/spec/workerGroupSpecs/0/template/spec#worker`), so names may repeat across them.
-pub fn images_of(object: &Value, specs: &[PodSpecAt]) -> Vec<ImageSite> {
+pub fn images_of<T: Tree>(object: &T, specs: &[PodSpecAt]) -> Vec<ImageSite> {
     let several = specs.len() > 1;
     specs
         .iter()
@@ -410,7 +403,7 @@ pub fn images_of(object: &Value, specs: &[PodSpecAt]) -> Vec<ImageSite> {
 /// The record of an object with these pod specs: on its metadata and its template's. With
 /// several pod specs the object's record has every site under its qualified key (see
 /// [`images_of`]), and each template's record its own sites under their plain keys.
-pub fn record_of(object: &Value, specs: &[PodSpecAt], sites: &[ImageSite]) -> Option<Record> {
+pub fn record_of<T: Tree>(object: &T, specs: &[PodSpecAt], sites: &[ImageSite]) -> Option<Record> {
     match specs {
         [] => None,
         [one] => Some(Record::at(object, one.template_meta_at.as_deref(), sites)),
@@ -432,13 +425,14 @@ pub fn api_group(api_version: &str) -> &str {
 /// True when an owner reference marks a controller (`controller: true`): a ReplicaSet made by a
 /// Deployment, a Job made by a CronJob. Their templates come from the owner; changing one makes
 /// the owner's controller fight back (k8s-digester#25).
-pub fn is_controller_owned(object: &Value) -> bool {
+pub fn is_controller_owned<T: Tree>(object: &T) -> bool {
     object
-        .pointer("/metadata/ownerReferences")
-        .and_then(Value::as_array)
+        .field("metadata")
+        .and_then(|m| m.field("ownerReferences"))
+        .and_then(T::as_list)
         .is_some_and(|refs| {
             refs.iter()
-                .any(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+                .any(|r| r.field("controller").and_then(T::as_bool) == Some(true))
         })
 }
 
@@ -457,14 +451,14 @@ pub fn recorded_tag(before: &str, recorded: Option<&str>) -> Option<crate::refer
 
 /// The value at JSON pointer tokens: a map's key, or a list's index (a pod spec inside a list,
 /// `spec/workerGroupSpecs/1/template/spec`, is reached through its index). `None` if absent.
-pub fn value_at<'v, S: AsRef<str>>(object: &'v Value, tokens: &[S]) -> Option<&'v Value> {
+pub fn value_at<'v, T: Tree, S: AsRef<str>>(object: &'v T, tokens: &[S]) -> Option<&'v T> {
     tokens.iter().try_fold(object, |v, t| step(v, t.as_ref()))
 }
 
-fn step<'v>(v: &'v Value, token: &str) -> Option<&'v Value> {
-    match v {
-        Value::Array(a) => a.get(token.parse::<usize>().ok()?),
-        _ => field(v, token),
+fn step<'v, T: Tree>(v: &'v T, token: &str) -> Option<&'v T> {
+    match v.as_list() {
+        Some(a) => a.get(token.parse::<usize>().ok()?),
+        None => v.field(token),
     }
 }
 
@@ -481,19 +475,19 @@ pub fn container_key(list: &str, name: &str) -> String {
 /// Every image field in the pod spec at `spec_at` inside `object`: `containers[].image`,
 /// `initContainers[].image`, `ephemeralContainers[].image` and `volumes[].image.reference`.
 /// Fields that are absent or not strings are skipped (the API server validates them).
-pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSite> {
+pub fn find_images<T: Tree, S: AsRef<str>>(object: &T, spec_at: &[S]) -> Vec<ImageSite> {
     let Some(spec) = value_at(object, spec_at) else {
         return Vec::new();
     };
     let base = PointerBuf::from_tokens(spec_at.iter().map(AsRef::as_ref));
     let mut sites = Vec::new();
     for list in ["containers", "initContainers", "ephemeralContainers"] {
-        let Some(items) = field(spec, list).and_then(Value::as_array) else {
+        let Some(items) = spec.field(list).and_then(T::as_list) else {
             continue;
         };
         for (i, c) in items.iter().enumerate() {
-            if let Some(image) = field(c, "image").and_then(Value::as_str) {
-                let name = field(c, "name").and_then(Value::as_str).unwrap_or("?");
+            if let Some(image) = c.field("image").and_then(T::as_str) {
+                let name = c.field("name").and_then(T::as_str).unwrap_or("?");
                 sites.push(ImageSite {
                     pointer: site_pointer(&base, list, i, &["image"]),
                     image: image.to_string(),
@@ -505,11 +499,11 @@ pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSit
             }
         }
     }
-    if let Some(vols) = field(spec, "volumes").and_then(Value::as_array) {
+    if let Some(vols) = spec.field("volumes").and_then(T::as_list) {
         for (i, v) in vols.iter().enumerate() {
-            let reference = field(v, "image").and_then(|i| field(i, "reference"));
-            if let Some(image) = reference.and_then(Value::as_str) {
-                let name = field(v, "name").and_then(Value::as_str).unwrap_or("?");
+            let reference = v.field("image").and_then(|i| i.field("reference"));
+            if let Some(image) = reference.and_then(T::as_str) {
+                let name = v.field("name").and_then(T::as_str).unwrap_or("?");
                 sites.push(ImageSite {
                     pointer: site_pointer(&base, "volumes", i, &["image", "reference"]),
                     image: image.to_string(),
@@ -522,23 +516,6 @@ pub fn find_images<S: AsRef<str>>(object: &Value, spec_at: &[S]) -> Vec<ImageSit
         }
     }
     sites
-}
-
-/// The value of `key` in a map (`None` for anything else).
-fn field<'v>(v: &'v Value, key: &str) -> Option<&'v Value> {
-    map_get(v.as_object()?, key)
-}
-
-/// The value of `key` in `map`. The maps of a pruned object hold a few keys: found by equality,
-/// which rejects most keys on their length, rather than by the map's ordered search, which
-/// compares bytes with every key it passes (`Value::get` in [`field`] cost about 1.7k
-/// instructions more per cached admission, `benches/hotpath.rs`); past eight keys, by that
-/// search.
-pub(crate) fn map_get<'m>(map: &'m Map<String, Value>, key: &str) -> Option<&'m Value> {
-    if map.len() > 8 {
-        return map.get(key);
-    }
-    map.iter().find_map(|(k, v)| (k == key).then_some(v))
 }
 
 /// The strings `parts`, one after the other, in a string of the right size.
@@ -597,13 +574,11 @@ fn push_index(s: &mut String, i: usize) {
 /// On UPDATE, an image that is identical at the same place in the old object is already running
 /// as written: rewriting it would restart the container (Pod) or roll out a workload the user did
 /// not change. Only new or changed image fields are candidates.
-pub fn changed_since(sites: Vec<ImageSite>, old: Option<&Value>) -> Vec<ImageSite> {
+pub fn changed_since<T: Tree>(sites: Vec<ImageSite>, old: Option<&T>) -> Vec<ImageSite> {
     let Some(old) = old else { return sites };
     sites
         .into_iter()
-        .filter(|s| {
-            old.pointer(s.pointer.as_str()).and_then(Value::as_str) != Some(s.image.as_str())
-        })
+        .filter(|s| old.pointer(s.pointer.as_str()).and_then(T::as_str) != Some(s.image.as_str()))
         .collect()
 }
 
@@ -734,7 +709,7 @@ pub struct Record {
 impl Record {
     /// Reads the record state of `object`, whose image sites are `sites` (all of them, not only
     /// those to pin now).
-    pub fn new(object: &Value, target: &Target, sites: &[ImageSite]) -> Self {
+    pub fn new<T: Tree>(object: &T, target: &Target, sites: &[ImageSite]) -> Self {
         let meta = target
             .template_meta_at
             .map(|m| m.iter().map(|t| t.to_string()).collect::<Vec<_>>());
@@ -743,7 +718,11 @@ impl Record {
 
     /// [`Record::new`] for a pod spec found anywhere: the object's metadata and, if given, the
     /// template's.
-    pub fn at(object: &Value, template_meta_at: Option<&[String]>, sites: &[ImageSite]) -> Self {
+    pub fn at<T: Tree>(
+        object: &T,
+        template_meta_at: Option<&[String]>,
+        sites: &[ImageSite],
+    ) -> Self {
         let object_meta = ["metadata".to_string()];
         let mut at: Vec<&[String]> = vec![&object_meta];
         at.extend(template_meta_at);
@@ -767,7 +746,7 @@ impl Record {
     /// The record of an object with several pod specs: every site under its qualified key on
     /// the object's metadata (which is also where the current record is read), and on each
     /// template's metadata the entries of its own pod spec under their plain keys.
-    pub fn several(object: &Value, specs: &[PodSpecAt], sites: &[ImageSite]) -> Self {
+    pub fn several<T: Tree>(object: &T, specs: &[PodSpecAt], sites: &[ImageSite]) -> Self {
         let object_meta = ["metadata".to_string()];
         let state = meta_state(object, &object_meta);
         let existing = state.current().and_then(parse_record).unwrap_or_default();
@@ -957,17 +936,17 @@ fn write_map(
 }
 
 /// The record state of the metadata map at `tokens` of `object`.
-fn meta_state(object: &Value, tokens: &[String]) -> MetaState {
+fn meta_state<T: Tree>(object: &T, tokens: &[String]) -> MetaState {
     let meta = tokens
         .iter()
         .try_fold(object, |v, t| step(v, t))
-        .filter(|m| m.is_object());
-    match meta.map(|m| m.get("annotations").filter(|a| a.is_object())) {
+        .filter(|m| m.is_map());
+    match meta.map(|m| m.field("annotations").filter(|a| a.is_map())) {
         None => MetaState::Absent,
         Some(None) => MetaState::NoAnnotations,
         Some(Some(a)) => MetaState::Annotations(
-            a.get(PINNED_ANNOTATION)
-                .and_then(Value::as_str)
+            a.field(PINNED_ANNOTATION)
+                .and_then(T::as_str)
                 .map(str::to_string),
         ),
     }
@@ -1001,11 +980,11 @@ pub fn prefix_sites(sites: Vec<ImageSite>, prefix: &PointerBuf) -> Vec<ImageSite
 
 /// The secret names in a pod spec's `imagePullSecrets`, in order, duplicates and empty names
 /// dropped.
-pub fn pull_secret_names(pod_spec: &Value) -> Vec<String> {
+pub fn pull_secret_names<T: Tree>(pod_spec: &T) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
-    let refs = pod_spec.get("imagePullSecrets").and_then(Value::as_array);
+    let refs = pod_spec.field("imagePullSecrets").and_then(T::as_list);
     for r in refs.into_iter().flatten() {
-        let name = r.get("name").and_then(Value::as_str);
+        let name = r.field("name").and_then(T::as_str);
         if let Some(n) = name.filter(|n| !n.is_empty()) {
             if !out.iter().any(|o| o == n) {
                 out.push(n.to_string());
@@ -1017,13 +996,13 @@ pub fn pull_secret_names(pod_spec: &Value) -> Vec<String> {
 
 /// The service account a pod spec runs as: `serviceAccountName`, else the deprecated
 /// `serviceAccount`, else `default`.
-pub fn service_account_name(pod_spec: &Value) -> String {
+pub fn service_account_name<T: Tree>(pod_spec: &T) -> String {
     ["serviceAccountName", "serviceAccount"]
         .iter()
         .find_map(|f| {
             pod_spec
-                .get(f)
-                .and_then(Value::as_str)
+                .field(f)
+                .and_then(T::as_str)
                 .filter(|s| !s.is_empty())
         })
         .unwrap_or("default")
@@ -1171,7 +1150,10 @@ mod tests {
         assert_eq!(sites.len(), 1);
         assert_eq!(sites[0].image, "nginx:1.28");
         // No old object: everything is a candidate.
-        assert_eq!(changed_since(find_images(&new, &["spec"]), None).len(), 5);
+        assert_eq!(
+            changed_since::<Value>(find_images(&new, &["spec"]), None).len(),
+            5
+        );
     }
 
     #[test]
@@ -1772,8 +1754,8 @@ mod tests {
             (&big, "k17"),
             (&big, "k99"),
         ] {
-            assert_eq!(field(v, k), v.get(k));
+            assert_eq!(v.field(k), v.get(k));
         }
-        assert_eq!(field(&json!(["image"]), "image"), None);
+        assert_eq!(json!(["image"]).field("image"), None);
     }
 }

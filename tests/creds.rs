@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 use tagpin::cluster::{Cluster, ClusterOptions};
 use tagpin::reference::ImageRef;
 use tagpin::resolve::{BatchRequest, Budget, CredentialRequest, ImageOutcome, Outcome};
+use tagpin::tree::Kept;
 
 /// A Pod CREATE review in `ns` whose spec lists these pull secrets.
 fn pod_with_secrets(uid: &str, ns: &str, images: &[&str], secrets: &[&str]) -> Value {
@@ -264,10 +265,11 @@ async fn a_template_without_pull_secrets_uses_its_service_accounts() {
         let resolver = resolver.clone();
         let image = image.clone();
         async move {
+            let spec = obj.pointer("/spec/template/spec").map(Kept::from_value);
             let req = BatchRequest {
                 credentials: CredentialRequest {
                     namespace: Some("team-a"),
-                    pod_spec: obj.pointer("/spec/template/spec"),
+                    pod_spec: spec.as_ref(),
                     template: true,
                 },
                 ..BatchRequest::default()
@@ -380,7 +382,9 @@ async fn a_burst_of_50_from_one_deployment_costs_one_read_per_object() {
     cfg.cluster = Some(cluster(&kube).await);
     let resolver = admitter(cfg, admission_config()).resolver;
     let image = ImageRef::parse(&format!("{a}/burst/app:1.0")).unwrap();
-    let spec = json!({"serviceAccountName": "web", "containers": [{"name": "app", "image": image.original()}]});
+    let spec = Kept::from_value(
+        &json!({"serviceAccountName": "web", "containers": [{"name": "app", "image": image.original()}]}),
+    );
     let tokens_before = ts.requests();
     let mut tasks = Vec::new();
     for _ in 0..50 {

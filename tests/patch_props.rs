@@ -183,7 +183,8 @@ proptest! {
                 "object": obj,
             }
         });
-        let (_, req) = parse_review(&serde_json::to_vec(&review).unwrap()).unwrap();
+        let body = serde_json::to_vec(&review).unwrap();
+        let (_, req) = parse_review(&body).unwrap();
         let p = plan(&req);
         let d = Digest::parse(D).unwrap();
         // Each site as the resolver classifies it; tags resolved or failed as generated.

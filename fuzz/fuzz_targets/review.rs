@@ -42,8 +42,9 @@ fuzz_target!(|body: &[u8]| {
         }
         let _ = serde_json::to_vec(&out).expect("an answer serializes");
         if let (Some(obj), true) = (&req.object, mode == Endpoint::Mutate) {
-            let mut patched = obj.clone();
-            json_patch::patch(&mut patched, &d.patch).expect("the patch applies to the object");
+            let mut patched = obj.to_value();
+            let ops = d.patch.parsed().expect("the patch is a JSON Patch");
+            json_patch::patch(&mut patched, &ops).expect("the patch applies to the object");
         }
     }
 });

@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
-
 use super::decide::{decide, response, Decision, Endpoint};
 use super::logline::{self, AdmissionLine};
 use super::plan::{credential_request, plan, Plan};
@@ -12,6 +10,7 @@ use super::review::{parse_review, parse_review_header, AdmissionRequest, ReviewE
 use crate::logging::Escaped;
 use crate::metrics::Metrics;
 use crate::resolve::{BatchRequest, Budget, Resolver};
+use crate::tree::Tree;
 
 /// Settings that shape admission answers. (`--skip-prefix` is the resolver's: it classifies.)
 #[derive(Clone, Debug)]
@@ -27,10 +26,10 @@ fn request_name(req: &AdmissionRequest) -> String {
     if let Some(n) = req.name.as_deref().filter(|n| !n.is_empty()) {
         return n.to_string();
     }
-    let meta = req.object.as_ref().and_then(|o| o.get("metadata"));
+    let meta = req.object.as_ref().and_then(|o| o.field("metadata"));
     let field = |f: &str| {
-        meta.and_then(|m| m.get(f))
-            .and_then(Value::as_str)
+        meta.and_then(|m| m.field(f))
+            .and_then(Tree::as_str)
             .filter(|n| !n.is_empty())
     };
     match (field("name"), field("generateName")) {
@@ -101,7 +100,7 @@ impl Admitter {
     /// come first, then credential warnings.
     async fn resolve_and_decide(
         &self,
-        req: &AdmissionRequest,
+        req: &AdmissionRequest<'_>,
         plan: &Plan,
         endpoint: Endpoint,
         started: Instant,

@@ -1,12 +1,11 @@
 //! Which image sites of a request to consider, and where its pod spec's credentials are. Pure.
 
-use serde_json::Value;
-
 use super::review::AdmissionRequest;
 use crate::podspec::{self, ImageSite, PodSpecAt};
 use crate::prune::MAX_KEPT_NODES;
 use crate::reference::ImageRef;
 use crate::resolve::CredentialRequest;
+use crate::tree::{Kept, Tree};
 
 /// What a request asks of the resolver.
 #[derive(Debug, Default)]
@@ -144,7 +143,7 @@ fn notes(others: &[podspec::OtherImage]) -> Vec<String> {
 /// Per site, the pinned reference the old object of a template UPDATE held for this very image
 /// (its record says the site was written as `site.image`, in the same repository).
 fn previous_pins(
-    old: Option<&Value>,
+    old: Option<&Kept<'_>>,
     specs: &[PodSpecAt],
     sites: &[ImageSite],
 ) -> Vec<Option<String>> {
@@ -163,7 +162,7 @@ fn previous_pins(
 /// Where the request's pod spec is, for reading its pull secrets (and, for a template, its
 /// service account's): the first pod spec [`plan`] found (built-in kinds by their path, custom
 /// resources by their shape), not searched for again. Pure.
-pub fn credential_request<'r>(req: &'r AdmissionRequest, plan: &Plan) -> CredentialRequest<'r> {
+pub fn credential_request<'r>(req: &'r AdmissionRequest<'_>, plan: &Plan) -> CredentialRequest<'r> {
     let pod_spec = req
         .object
         .as_ref()

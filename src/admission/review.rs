@@ -4,9 +4,9 @@
 //! `AdmissionResponse` writes the patch as a JSON array of numbers); `decide.rs` fills it.
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use crate::prune::Pruned;
+use crate::tree::Kept;
 
 /// The envelope of an AdmissionReview, around the request as far as it is read (`R`).
 #[derive(Deserialize, Debug)]
@@ -18,7 +18,7 @@ pub struct Envelope<R> {
 }
 
 /// An AdmissionReview with its request read as tagpin needs it.
-pub type AdmissionReview = Envelope<AdmissionRequest>;
+pub type AdmissionReview<'a> = Envelope<AdmissionRequest<'a>>;
 
 #[derive(Deserialize, Debug, Clone, Default)]
 pub struct GroupVersionKind {
@@ -31,18 +31,18 @@ pub struct GroupVersionKind {
 
 /// The parts of an AdmissionReview request tagpin reads. `object` and `oldObject` are pruned
 /// while they are read ([`crate::prune`]): only image sites, the metadata the patch touches and
-/// the pod spec's credential fields are kept, never a whole `Value` of the object.
-#[derive(Deserialize, Debug)]
-#[serde(rename_all = "camelCase", from = "RequestIn")]
-pub struct AdmissionRequest {
+/// the pod spec's credential fields are kept, never a whole `Value` of the object, and their
+/// strings are borrowed from the body.
+#[derive(Debug)]
+pub struct AdmissionRequest<'a> {
     pub uid: String,
     pub kind: GroupVersionKind,
     pub sub_resource: Option<String>,
     pub name: Option<String>,
     pub namespace: Option<String>,
     pub operation: String,
-    pub object: Option<Value>,
-    pub old_object: Option<Value>,
+    pub object: Option<Kept<'a>>,
+    pub old_object: Option<Kept<'a>>,
     pub dry_run: Option<bool>,
     /// `object` or `oldObject` held more than [`crate::prune::MAX_KEPT_NODES`] values worth
     /// keeping: it was not read whole and nothing in it is pinned.
@@ -51,7 +51,7 @@ pub struct AdmissionRequest {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct RequestIn {
+struct RequestIn<'a> {
     uid: String,
     kind: GroupVersionKind,
     #[serde(default)]
@@ -61,16 +61,16 @@ struct RequestIn {
     #[serde(default)]
     namespace: Option<String>,
     operation: String,
-    #[serde(default)]
-    object: Option<Pruned>,
-    #[serde(default)]
-    old_object: Option<Pruned>,
+    #[serde(default, borrow)]
+    object: Option<Pruned<'a>>,
+    #[serde(default, borrow)]
+    old_object: Option<Pruned<'a>>,
     #[serde(default)]
     dry_run: Option<bool>,
 }
 
-impl From<RequestIn> for AdmissionRequest {
-    fn from(r: RequestIn) -> Self {
+impl<'a> From<RequestIn<'a>> for AdmissionRequest<'a> {
+    fn from(r: RequestIn<'a>) -> Self {
         let too_large = [&r.object, &r.old_object]
             .iter()
             .any(|o| o.as_ref().is_some_and(|p| p.over_budget));
@@ -86,6 +86,12 @@ impl From<RequestIn> for AdmissionRequest {
             dry_run: r.dry_run,
             too_large,
         }
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for AdmissionRequest<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        RequestIn::deserialize(d).map(Self::from)
     }
 }
 
@@ -107,8 +113,8 @@ pub enum ReviewError {
 }
 
 /// Parses a review body and checks its envelope: apiVersion, kind, a request with a uid.
-fn checked<R: serde::de::DeserializeOwned>(
-    body: &[u8],
+fn checked<'a, R: Deserialize<'a>>(
+    body: &'a [u8],
     uid: impl Fn(&R) -> &str,
 ) -> Result<(String, R), ReviewError> {
     // Checked as UTF-8 once, as a whole: read from bytes, serde_json checks every string on
@@ -133,7 +139,7 @@ fn checked<R: serde::de::DeserializeOwned>(
 }
 
 /// Parses and checks a review body.
-pub fn parse_review(body: &[u8]) -> Result<(String, AdmissionRequest), ReviewError> {
+pub fn parse_review(body: &[u8]) -> Result<(String, AdmissionRequest<'_>), ReviewError> {
     checked(body, |r: &AdmissionRequest| &r.uid)
 }
 
@@ -306,7 +312,10 @@ mod tests {
         assert_eq!(r.kind.kind, "Pod");
         assert_eq!(r.dry_run, Some(true));
         assert_eq!(r.name, None);
-        assert_eq!(r.object.unwrap()["spec"]["containers"][0]["image"], "a:1");
+        assert_eq!(
+            r.object.unwrap().to_value()["spec"]["containers"][0]["image"],
+            "a:1"
+        );
         assert!(r.old_object.is_none() && !r.too_large);
         assert_eq!(
             parse_review_header(body.as_bytes()).unwrap(),

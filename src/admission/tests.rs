@@ -9,6 +9,7 @@ use crate::podspec::ImageSite;
 use crate::reference::Digest;
 use crate::resolve::{classify, Class, LookupError};
 use crate::resolve::{ImageOutcome, Outcome};
+use crate::tree::{Kept, Tree};
 use serde_json::json;
 use serde_json::Value;
 
@@ -52,7 +53,13 @@ fn invalid(p: &Plan) -> usize {
         .count()
 }
 
-fn req(op: &str, sub: Option<&str>, object: Value, old: Option<Value>) -> AdmissionRequest {
+/// A request holding `object` and `old` whole (as `Kept`, owning their strings).
+fn req(
+    op: &str,
+    sub: Option<&str>,
+    object: Value,
+    old: Option<Value>,
+) -> AdmissionRequest<'static> {
     AdmissionRequest {
         uid: "u1".into(),
         kind: GroupVersionKind {
@@ -64,8 +71,8 @@ fn req(op: &str, sub: Option<&str>, object: Value, old: Option<Value>) -> Admiss
         name: Some("p".into()),
         namespace: Some("ns".into()),
         operation: op.into(),
-        object: Some(object),
-        old_object: old,
+        object: Some(Kept::from_value(&object)),
+        old_object: old.as_ref().map(Kept::from_value),
         dry_run: None,
         too_large: false,
     }
@@ -349,7 +356,7 @@ fn workload_req(
     kind: &str,
     object: Value,
     old: Option<Value>,
-) -> AdmissionRequest {
+) -> AdmissionRequest<'static> {
     let mut r = req(op, None, object, old);
     r.kind = GroupVersionKind {
         group: group.into(),
@@ -592,7 +599,7 @@ fn credential_request_finds_the_pod_spec() {
     let c = credential_request(&r, &super::plan(&r));
     assert_eq!(c.namespace, Some("ns"));
     assert!(!c.template);
-    assert_eq!(c.pod_spec, r.object.as_ref().and_then(|o| o.get("spec")));
+    assert_eq!(c.pod_spec, r.object.as_ref().and_then(|o| o.field("spec")));
     let mut other = req("CREATE", None, pod(&["a:1"]), None);
     other.kind.kind = "Unknown".into();
     other.namespace = Some(String::new());

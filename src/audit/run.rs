@@ -17,6 +17,7 @@ use crate::cluster::{Cluster, Fetched, ReadError};
 use crate::progress::Progress;
 use crate::reference::ImageRef;
 use crate::resolve::{BatchRequest, Budget, CredentialRequest, ImageOutcome, Resolver};
+use crate::tree::Kept;
 
 /// Which pods to audit.
 #[derive(Clone, Debug)]
@@ -307,7 +308,7 @@ async fn resolve(
                 .iter()
                 .map(|n| json!({ "name": n }))
                 .collect();
-            let spec = json!({ "imagePullSecrets": secrets });
+            let spec = Kept::from_value(&json!({ "imagePullSecrets": secrets }));
             let req = BatchRequest {
                 credentials: CredentialRequest {
                     namespace: Some(&asker.namespace),

@@ -14,20 +14,21 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
-use serde_json::Value;
 
 use super::credentials::CredentialSet;
 use super::provider::Providers;
 use crate::cluster::{Cluster, Fetched, ReadError};
 use crate::podspec;
 use crate::reference::ImageRef;
+use crate::tree::Kept;
 
 /// Where the pod spec of an object being admitted is, for credentials.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CredentialRequest<'a> {
     pub namespace: Option<&'a str>,
-    /// The pod spec (`spec` of a Pod, `spec.template.spec` of a Deployment, ...).
-    pub pod_spec: Option<&'a Value>,
+    /// The pod spec (`spec` of a Pod, `spec.template.spec` of a Deployment, ...), as the
+    /// admission request keeps it.
+    pub pod_spec: Option<&'a Kept<'a>>,
     /// A pod template rather than a Pod: the ServiceAccount admission plugin has not yet copied
     /// the service account's pull secrets into it, so tagpin reads them when the spec names none.
     pub template: bool,
@@ -203,7 +204,7 @@ impl Sources {
         &self,
         kube: &Arc<Kube>,
         ns: &str,
-        spec: &Value,
+        spec: &Kept<'_>,
         template: bool,
         deadline: Instant,
         out: &mut Gathered,
