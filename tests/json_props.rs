@@ -1,6 +1,6 @@
 //! The pruning reader (`src/prune.rs`) against the whole `serde_json::Value`, on generated
-//! documents, on the same documents with bytes deleted, replaced or inserted, and on every
-//! AdmissionReview fixture: what it keeps while reading is what pruning the whole value by the
+//! documents, on the same documents with bytes deleted, replaced or inserted, on texts whose
+//! maps repeat keys and keep many entries, and on every AdmissionReview fixture: what it keeps while reading is what pruning the whole value by the
 //! same rules (stated again here, `reference`) gives.
 
 use proptest::prelude::*;
@@ -174,8 +174,102 @@ fn edit() -> impl Strategy<Value = Edit> {
     ]
 }
 
+/// A JSON text as written, not as a `Value` holds it: a map may name a key more than once and
+/// hold more entries than [`document`] gives (the pruning reader settles maps past eight kept
+/// entries differently from smaller ones).
+#[derive(Debug, Clone)]
+enum Written {
+    Leaf(Value),
+    List(Vec<Written>),
+    Map(Vec<(&'static str, Written)>),
+}
+
+impl Written {
+    fn write(&self, out: &mut String) {
+        match self {
+            Written::Leaf(v) => out.push_str(&v.to_string()),
+            Written::List(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    item.write(out);
+                }
+                out.push(']');
+            }
+            Written::Map(entries) => {
+                out.push('{');
+                for (i, (k, v)) in entries.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::from(*k).to_string());
+                    out.push(':');
+                    v.write(out);
+                }
+                out.push('}');
+            }
+        }
+    }
+}
+
+/// [`KEYS`] and some more, so that a map keeps more than eight of them.
+const WIDE_KEYS: &[&str] = &[
+    "image",
+    "name",
+    "kind",
+    "spec",
+    "containers",
+    "labels",
+    "x",
+    "a0",
+    "a1",
+    "a2",
+    "a3",
+    "a4",
+    "a5",
+    "a6",
+    "a7",
+    "a8",
+    "a9",
+];
+
+fn written() -> impl Strategy<Value = Written> {
+    // A value that is always kept under any key but `labels`.
+    let kept = || {
+        "[a-z]{1,3}".prop_map(|s| Written::Map(vec![("image", Written::Leaf(Value::String(s)))]))
+    };
+    leaf()
+        .prop_map(Written::Leaf)
+        .prop_recursive(4, 160, 24, move |inner| {
+            let value = prop_oneof![2 => inner.clone(), 3 => kept()];
+            let keys = prop_oneof![
+                proptest::sample::select(KEYS),
+                proptest::sample::select(WIDE_KEYS)
+            ];
+            prop_oneof![
+                proptest::collection::vec(inner, 0..5).prop_map(Written::List),
+                proptest::collection::vec((keys, value), 0..24).prop_map(Written::Map),
+            ]
+        })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(4000))]
+
+    #[test]
+    fn keys_given_more_than_once_in_maps_of_any_width_read_as_serde_json_reads_them(
+        w in written(),
+    ) {
+        let mut doc = String::new();
+        w.write(&mut doc);
+        // serde_json keeps the last value of a key given twice.
+        let whole: Value = serde_json::from_str(&doc).unwrap();
+        let p = Pruned::from_slice(doc.as_bytes()).unwrap();
+        prop_assert!(!p.over_budget);
+        prop_assert_eq!(p.value.to_value(), pruned_whole(&whole), "{}", doc);
+    }
 
     #[test]
     fn pruning_while_reading_is_pruning_the_whole_value(v in document(), pretty in any::<bool>()) {
