@@ -431,7 +431,8 @@ mod tests {
 
     #[test]
     fn strings_are_borrowed_from_the_document_unless_escaped() {
-        let raw = br#"{"kind":"Pod","spec":{"containers":[{"name":"w\u0065b","image":"nginx:1"}]}}"#;
+        let raw =
+            br#"{"kind":"Pod","spec":{"containers":[{"name":"w\u0065b","image":"nginx:1"}]}}"#;
         let p = Pruned::from_slice(raw).unwrap();
         let mut got = Vec::new();
         strings(&p.value, &mut got);
