@@ -452,14 +452,7 @@ pub fn recorded_tag(before: &str, recorded: Option<&str>) -> Option<crate::refer
 /// The value at JSON pointer tokens: a map's key, or a list's index (a pod spec inside a list,
 /// `spec/workerGroupSpecs/1/template/spec`, is reached through its index). `None` if absent.
 pub fn value_at<'v, T: Tree, S: AsRef<str>>(object: &'v T, tokens: &[S]) -> Option<&'v T> {
-    tokens.iter().try_fold(object, |v, t| step(v, t.as_ref()))
-}
-
-fn step<'v, T: Tree>(v: &'v T, token: &str) -> Option<&'v T> {
-    match v.as_list() {
-        Some(a) => a.get(token.parse::<usize>().ok()?),
-        None => v.field(token),
-    }
+    tokens.iter().try_fold(object, |v, t| v.child(t.as_ref()))
 }
 
 /// The `tagpin.io/pinned` record key of container `name` in `list` (`containers`,
@@ -937,10 +930,7 @@ fn write_map(
 
 /// The record state of the metadata map at `tokens` of `object`.
 fn meta_state<T: Tree>(object: &T, tokens: &[String]) -> MetaState {
-    let meta = tokens
-        .iter()
-        .try_fold(object, |v, t| step(v, t))
-        .filter(|m| m.is_map());
+    let meta = value_at(object, tokens).filter(|m| m.is_map());
     match meta.map(|m| m.field("annotations").filter(|a| a.is_map())) {
         None => MetaState::Absent,
         Some(None) => MetaState::NoAnnotations,

@@ -22,8 +22,17 @@ pub trait Tree: Sized {
     /// A map's entries in key order (nothing for anything else).
     fn entries(&self) -> impl Iterator<Item = (&str, &Self)>;
 
+    /// The value under one unescaped JSON pointer token: a list's element by its index (no
+    /// sign, no leading zero, as `serde_json::Value::pointer` reads it), else a map's field.
+    fn child(&self, token: &str) -> Option<&Self> {
+        match self.as_list() {
+            Some(list) => list.get(list_index(token)?),
+            None => self.field(token),
+        }
+    }
+
     /// The value at a JSON pointer (`/spec/containers/0/image`), as `serde_json::Value::pointer`
-    /// finds it: `~1` is `/`, `~0` is `~`, a list's index has no sign and no leading zero.
+    /// finds it: `~1` is `/`, `~0` is `~`, then [`Tree::child`] token by token.
     fn pointer(&self, pointer: &str) -> Option<&Self> {
         if pointer.is_empty() {
             return Some(self);
@@ -35,10 +44,7 @@ pub trait Tree: Sized {
             } else {
                 Cow::Borrowed(token)
             };
-            match v.as_list() {
-                Some(list) => list.get(list_index(&token)?),
-                None => v.field(&token),
-            }
+            v.child(&token)
         })
     }
 }
