@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use common::*;
 use criterion::{criterion_group, criterion_main, Criterion};
-use tagpin::admission::{decide, parse_review, plan, response, Base64Patch, Endpoint};
+use tagpin::admission::{
+    decide, parse_review, parse_review_with, plan, response, Base64Patch, Endpoint, Reader,
+};
 use tagpin::pin;
 use tagpin::reference::ImageRef;
 use tagpin::resolve::{BatchRequest, Budget, ImageOutcome};
@@ -235,11 +237,14 @@ fn benches(c: &mut Criterion) {
         })
     });
     // Reading a review (the 4-image Pod of tests/data/pod-create.json): tagpin's reader, which
-    // scans the body and keeps only what it reads, against serde_json building all of it as a
-    // `Value`.
+    // scans the body and keeps only what it reads (the fast reader, and the same pruning driven
+    // by serde_json), against serde_json building all of it as a `Value`.
     let review = serde_json::to_vec(&fixture("pod-create.json", &four_refs)).unwrap();
     g.bench_function("read_review_pod_create", |b| {
         b.iter(|| black_box(parse_review(black_box(&review)).unwrap()))
+    });
+    g.bench_function("read_review_pod_create_with_serde", |b| {
+        b.iter(|| black_box(parse_review_with(black_box(&review), Reader::Serde).unwrap()))
     });
     g.bench_function("serde_json_value_of_the_review", |b| {
         b.iter(|| {

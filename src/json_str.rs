@@ -63,9 +63,10 @@ fn needs_escape(b: u8) -> bool {
     b < 0x20 || b == b'"' || b == b'\\'
 }
 
-/// How many bytes at the start of `bytes` need no escape: eight at a time, a word's first byte
-/// to escape found from its bits, then byte by byte for the last few.
-fn plain_prefix(bytes: &[u8]) -> usize {
+/// How many bytes at the start of `bytes` need no escape (where a JSON string's reader stops
+/// too, `crate::json_scan`): eight at a time, a word's first byte to escape found from its bits,
+/// then byte by byte for the last few.
+pub(crate) fn plain_prefix(bytes: &[u8]) -> usize {
     const ONES: u64 = u64::from_le_bytes([1; 8]);
     const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
     // The high bit of each byte of `x` below `n` (n <= 0x80). Exact up to the lowest such byte:

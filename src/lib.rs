@@ -14,6 +14,7 @@ pub mod audit;
 pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod json_scan;
 pub mod json_str;
 pub mod logging;
 pub mod metrics;

@@ -32,6 +32,7 @@ use std::borrow::Cow;
 use std::cell::Cell;
 use std::fmt;
 
+use crate::json_scan::Scanner;
 use crate::podspec::PINNED_ANNOTATION;
 use crate::tree::Kept;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -67,9 +68,47 @@ pub struct Pruned<'a> {
 }
 
 impl<'a> Pruned<'a> {
-    /// Prunes a JSON document (tests, fuzzing).
+    /// Prunes a JSON document as an admission review's object is pruned: with the fast reader
+    /// ([`crate::json_scan`]), and with serde_json where that gives up.
     pub fn from_slice(json: &'a [u8]) -> serde_json::Result<Self> {
+        std::str::from_utf8(json)
+            .ok()
+            .and_then(Self::scan_text)
+            .map_or_else(|| Self::read_with_serde(json), Ok)
+    }
+
+    /// Prunes a JSON document with serde_json alone (the reader the fast one is held to).
+    pub fn read_with_serde(json: &'a [u8]) -> serde_json::Result<Self> {
         serde_json::from_slice(json)
+    }
+
+    /// Prunes a whole JSON text with the fast reader; `None` where it gives up.
+    pub fn scan_text(text: &'a str) -> Option<Self> {
+        let mut s = Scanner::new(text);
+        let p = Self::scan(&mut s)?;
+        s.at_end().then_some(p)
+    }
+
+    /// Prunes the value at `s` with the fast reader; `None` where it gives up (the text must
+    /// then be read again with serde_json).
+    pub fn scan(s: &mut Scanner<'a>) -> Option<Self> {
+        let budget = Budget::new();
+        let kept = Node {
+            budget: &budget,
+            ctx: Ctx::Root,
+        }
+        .scan(s)?;
+        // Past the budget the rest would have to be skipped as serde_json skips it: read it so.
+        (!budget.over.get()).then(|| Self::of(kept, false))
+    }
+
+    /// What the pruning of the root value gave, as an object.
+    fn of(kept: Option<Kept<'a>>, over_budget: bool) -> Self {
+        let value = match kept {
+            Some(v @ Kept::Map(_)) if !over_budget => v,
+            _ => Kept::Map(Vec::new()),
+        };
+        Pruned { value, over_budget }
     }
 }
 
@@ -79,6 +118,13 @@ struct Budget {
 }
 
 impl Budget {
+    fn new() -> Self {
+        Budget {
+            left: Cell::new(MAX_KEPT_NODES),
+            over: Cell::new(false),
+        }
+    }
+
     /// Takes `n` nodes; false (and marks the budget spent) when there are not that many left.
     fn take(&self, n: usize) -> bool {
         if self.over.get() {
@@ -99,21 +145,13 @@ impl Budget {
 
 impl<'de: 'a, 'a> Deserialize<'de> for Pruned<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let budget = Budget {
-            left: Cell::new(MAX_KEPT_NODES),
-            over: Cell::new(false),
-        };
+        let budget = Budget::new();
         let kept = Node {
             budget: &budget,
             ctx: Ctx::Root,
         }
         .deserialize(d)?;
-        let over_budget = budget.over.get();
-        let value = match kept {
-            Some(v @ Kept::Map(_)) if !over_budget => v,
-            _ => Kept::Map(Vec::new()),
-        };
-        Ok(Pruned { value, over_budget })
+        Ok(Pruned::of(kept, budget.over.get()))
     }
 }
 
@@ -142,7 +180,7 @@ impl<'de> DeserializeSeed<'de> for Node<'_, '_> {
     }
 }
 
-impl Node<'_, '_> {
+impl<'k> Node<'_, 'k> {
     fn keeps_string(&self) -> bool {
         match self.ctx {
             Ctx::Field(k) => KEPT_STRINGS.contains(&k),
@@ -166,6 +204,155 @@ impl Node<'_, '_> {
             Ctx::Root | Ctx::Annotations | Ctx::Field("metadata" | "annotations")
         )
     }
+
+    /// A string here, kept or not.
+    fn string<'de>(&self, s: Cow<'de, str>) -> Option<Kept<'de>> {
+        let keep = self.keeps_string() && self.budget.take(1);
+        keep.then_some(Kept::Str(s))
+    }
+
+    /// A boolean here, kept or not.
+    fn boolean<'de>(&self, b: bool) -> Option<Kept<'de>> {
+        let keep = matches!(self.ctx, Ctx::Field("controller")) && self.budget.take(1);
+        keep.then_some(Kept::Bool(b))
+    }
+
+    /// How the value of `key` in this map is read; `None`: skipped unread.
+    fn field<'x>(&self, key: &'x str) -> Option<Ctx<'x>> {
+        match self.ctx {
+            Ctx::Annotations if key == PINNED_ANNOTATION => Some(Ctx::Record),
+            Ctx::Annotations => None,
+            _ if key == "labels" => None,
+            _ if key == "annotations" => Some(Ctx::Annotations),
+            _ => Some(Ctx::Field(key)),
+        }
+    }
+
+    /// An element of this list.
+    fn element(&self) -> Node<'_, 'k> {
+        let parent = match self.ctx {
+            Ctx::Field(k) => k,
+            _ => "",
+        };
+        Node {
+            budget: self.budget,
+            ctx: Ctx::Element(parent),
+        }
+    }
+
+    /// This list of `len` elements, given the ones kept (with their positions).
+    fn list<'de>(&self, kept: Vec<(usize, Kept<'de>)>, len: usize) -> Option<Kept<'de>> {
+        if kept.is_empty() || !self.budget.take(len - kept.len() + 1) {
+            return None;
+        }
+        let mut out = Vec::with_capacity(len);
+        for (i, v) in kept {
+            out.resize(i, Kept::Dropped);
+            out.push(v);
+        }
+        out.resize(len, Kept::Dropped);
+        Some(Kept::List(out))
+    }
+
+    /// This map, given its entries as read.
+    fn map<'de>(&self, entries: Entries<'de>) -> Option<Kept<'de>> {
+        let out = settled(entries.out, entries.tombstones);
+        if out.is_empty() && !self.keeps_empty_map() {
+            return None;
+        }
+        let names_only =
+            !out.is_empty() && out.iter().all(|(k, _)| NAME_KEYS.contains(&k.as_ref()));
+        if names_only && !self.keeps_names_only() {
+            return None;
+        }
+        self.budget.take(1).then_some(Kept::Map(out))
+    }
+
+    /// The value at `s`, read with the fast reader (`None`: it gave up).
+    fn scan<'a>(self, s: &mut Scanner<'a>) -> Option<Option<Kept<'a>>> {
+        match s.peek()? {
+            b'"' => Some(self.string(s.string()?)),
+            b'{' => {
+                s.enter(b'{')?;
+                let mut entries = Entries::default();
+                let mut first = true;
+                while let Some(key) = s.next_key(&mut first)? {
+                    let Some(ctx) = self.field(&key) else {
+                        s.skip()?;
+                        continue;
+                    };
+                    let node = Node {
+                        budget: self.budget,
+                        ctx,
+                    };
+                    let v = node.scan(s)?;
+                    if self.budget.over.get() {
+                        return None;
+                    }
+                    entries.add(key, v, self.budget);
+                }
+                Some(self.map(entries))
+            }
+            b'[' => {
+                s.enter(b'[')?;
+                let mut kept = Vec::new();
+                let mut len = 0usize;
+                let mut first = true;
+                while s.next_element(&mut first)? {
+                    if let Some(v) = self.element().scan(s)? {
+                        kept.push((len, v));
+                    }
+                    if self.budget.over.get() {
+                        return None;
+                    }
+                    len += 1;
+                }
+                Some(self.list(kept, len))
+            }
+            b't' | b'f' => Some(self.boolean(s.bool()?)),
+            b'n' => s.null()?.then_some(None),
+            _ => s.number(true).map(|()| None),
+        }
+    }
+}
+
+/// A map's entries in the order read; sorted, and each key's last entry kept, once the map is
+/// read ([`settled`]).
+#[derive(Default)]
+struct Entries<'de> {
+    out: Vec<(Cow<'de, str>, Kept<'de>)>,
+    /// The kept keys' lengths as bits (`len % 64`): a dropped key can have been kept before
+    /// only if its length's bit is set, so most dropped keys are not searched for.
+    kept_lengths: u64,
+    /// Entries that stand for a dropped key given again after being kept (see `add`).
+    tombstones: bool,
+}
+
+impl<'de> Entries<'de> {
+    /// The value of `key`, kept or not.
+    fn add(&mut self, key: Cow<'de, str>, value: Option<Kept<'de>>, budget: &Budget) {
+        let length_bit = 1u64 << (key.len() % 64);
+        match value {
+            Some(v) => {
+                self.kept_lengths |= length_bit;
+                self.out.push((key, v));
+            }
+            // A repeated key: the last one counts, as when the whole object is read. Most
+            // keys are dropped and most maps keep a few: looked for only when a kept key
+            // had its length (searching the map for every dropped key cost 2.8k
+            // instructions per cached admission, `benches/hotpath.rs`), and only in a map
+            // of a few entries. In a larger one, it is marked gone (one node of the budget,
+            // so marks are bounded too) and settled with the rest once the map is read.
+            None if self.kept_lengths & length_bit == 0 => {}
+            None if self.out.len() <= 8 => self.out.retain(|(k, _)| *k != key),
+            None => {
+                if budget.take(1) {
+                    self.out.push((key, Kept::Dropped));
+                    self.tombstones = true;
+                }
+            }
+        }
+    }
 }
 
 impl<'de> Visitor<'de> for Node<'_, '_> {
@@ -176,8 +363,7 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
     }
 
     fn visit_bool<E>(self, b: bool) -> Result<Self::Value, E> {
-        let keep = matches!(self.ctx, Ctx::Field("controller")) && self.budget.take(1);
-        Ok(keep.then_some(Kept::Bool(b)))
+        Ok(self.boolean(b))
     }
     fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
         Ok(None)
@@ -195,16 +381,14 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
         Ok(None)
     }
     fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Self::Value, E> {
-        let keep = self.keeps_string() && self.budget.take(1);
-        Ok(keep.then_some(Kept::Str(Cow::Borrowed(s))))
+        Ok(self.string(Cow::Borrowed(s)))
     }
     fn visit_str<E>(self, s: &str) -> Result<Self::Value, E> {
         let keep = self.keeps_string() && self.budget.take(1);
         Ok(keep.then(|| Kept::Str(Cow::Owned(s.to_string()))))
     }
     fn visit_string<E>(self, s: String) -> Result<Self::Value, E> {
-        let keep = self.keeps_string() && self.budget.take(1);
-        Ok(keep.then_some(Kept::Str(Cow::Owned(s))))
+        Ok(self.string(Cow::Owned(s)))
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
@@ -216,98 +400,38 @@ impl<'de> Visitor<'de> for Node<'_, '_> {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
                 return Ok(None);
             }
-            let parent = match self.ctx {
-                Ctx::Field(k) => k,
-                _ => "",
-            };
-            let node = Node {
-                budget: self.budget,
-                ctx: Ctx::Element(parent),
-            };
-            match seq.next_element_seed(node)? {
+            match seq.next_element_seed(self.element())? {
                 None => break,
                 Some(Some(v)) => kept.push((len, v)),
                 Some(None) => {}
             }
             len += 1;
         }
-        if kept.is_empty() || !self.budget.take(len - kept.len() + 1) {
-            return Ok(None);
-        }
-        let mut out = Vec::with_capacity(len);
-        for (i, v) in kept {
-            out.resize(i, Kept::Dropped);
-            out.push(v);
-        }
-        out.resize(len, Kept::Dropped);
-        Ok(Some(Kept::List(out)))
+        Ok(self.list(kept, len))
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        // In the order read; sorted, and each key's last entry kept, once the map is read.
-        let mut out: Vec<(Cow<'de, str>, Kept<'de>)> = Vec::new();
-        // The kept keys' lengths as bits (`len % 64`): a dropped key can have been kept before
-        // only if its length's bit is set, so most dropped keys are not searched for.
-        let mut kept_lengths = 0u64;
-        // Entries that stand for a dropped key given again after being kept (see below).
-        let mut tombstones = false;
+        let mut entries = Entries::default();
         while let Some(MapKey(key)) = map.next_key::<MapKey<'de>>()? {
             if self.budget.over.get() {
                 map.next_value::<IgnoredAny>()?;
                 continue;
             }
-            let ctx = match self.ctx {
-                Ctx::Annotations if key == PINNED_ANNOTATION => Ctx::Record,
-                Ctx::Annotations => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-                _ if key == "labels" => {
-                    map.next_value::<IgnoredAny>()?;
-                    continue;
-                }
-                _ if key == "annotations" => Ctx::Annotations,
-                _ => Ctx::Field(&key),
+            let Some(ctx) = self.field(&key) else {
+                map.next_value::<IgnoredAny>()?;
+                continue;
             };
             let node = Node {
                 budget: self.budget,
                 ctx,
             };
-            let length_bit = 1u64 << (key.len() % 64);
-            match map.next_value_seed(node)? {
-                Some(v) => {
-                    kept_lengths |= length_bit;
-                    out.push((key, v));
-                }
-                // A repeated key: the last one counts, as when the whole object is read. Most
-                // keys are dropped and most maps keep a few: looked for only when a kept key
-                // had its length (searching the map for every dropped key cost 2.8k
-                // instructions per cached admission, `benches/hotpath.rs`), and only in a map
-                // of a few entries. In a larger one, it is marked gone (one node of the budget,
-                // so marks are bounded too) and settled with the rest once the map is read.
-                None if kept_lengths & length_bit == 0 => {}
-                None if out.len() <= 8 => out.retain(|(k, _)| *k != key),
-                None => {
-                    if self.budget.take(1) {
-                        out.push((key, Kept::Dropped));
-                        tombstones = true;
-                    }
-                }
-            }
+            let v = map.next_value_seed(node)?;
+            entries.add(key, v, self.budget);
         }
         if self.budget.over.get() {
             return Ok(None);
         }
-        let out = settled(out, tombstones);
-        if out.is_empty() && !self.keeps_empty_map() {
-            return Ok(None);
-        }
-        let names_only =
-            !out.is_empty() && out.iter().all(|(k, _)| NAME_KEYS.contains(&k.as_ref()));
-        if names_only && !self.keeps_names_only() {
-            return Ok(None);
-        }
-        Ok(self.budget.take(1).then_some(Kept::Map(out)))
+        Ok(self.map(entries))
     }
 }
 
@@ -365,10 +489,51 @@ mod tests {
     use crate::tree::Tree;
     use serde_json::{json, Value};
 
+    /// `doc` read with serde_json; the fast reader, where it does not give up, reads the same.
+    fn read(doc: &[u8]) -> serde_json::Result<Pruned<'_>> {
+        let serde = Pruned::read_with_serde(doc);
+        let fast = std::str::from_utf8(doc).ok().and_then(Pruned::scan_text);
+        if let Some(fast) = &fast {
+            let text = String::from_utf8_lossy(doc);
+            assert_eq!(Some(fast), serde.as_ref().ok(), "{text}");
+        }
+        serde
+    }
+
+    /// `doc` read with the fast reader, which must not give up on it.
+    fn scanned(doc: &str) -> Pruned<'_> {
+        Pruned::scan_text(doc).unwrap_or_else(|| panic!("the fast reader gave up on {doc}"))
+    }
+
+    #[test]
+    fn the_fast_reader_reads_what_serde_json_reads_and_gives_up_past_its_bounds() {
+        let pod = r#"{"apiVersion":"v1","kind":"Pod","metadata":{"name":"p","labels":{"a":"\ud83d"},
+            "annotations":{"x":"y","tagpin.io/pinned":"{\"c\":\"a:1\"}"},
+            "ownerReferences":[{"controller":true,"kind":"ReplicaSet","name":"r","uid":"u"}]},
+            "spec":{"serviceAccountName":"sa","imagePullSecrets":[{"name":"s"}],
+            "containers":[{"name":"c","image":"r.io/a:1","ports":[{"containerPort":80}],
+            "resources":{"limits":{"cpu":0.5}}},{"name":"d","image":"b@sha256:00"}]}}"#;
+        assert_eq!(scanned(pod), read(pod.as_bytes()).unwrap());
+        // Over the budget: the rest is skipped as serde_json skips it, so serde_json reads it.
+        let many: Vec<Value> = (0..MAX_KEPT_NODES)
+            .map(|i| json!({"image": i.to_string()}))
+            .collect();
+        let big = serde_json::to_string(&json!({"spec": {"containers": many}})).unwrap();
+        assert!(Pruned::scan_text(&big).is_none());
+        assert!(read(big.as_bytes()).unwrap().over_budget);
+        // A number serde_json could find out of range, where it is read and where skipped.
+        assert!(Pruned::scan_text(r#"{"spec":{"x":1e999}}"#).is_none());
+        assert!(read(br#"{"spec":{"x":1e999}}"#).is_err());
+        assert_eq!(
+            scanned(r#"{"labels":{"x":1e999}}"#).value,
+            Kept::Map(vec![])
+        );
+    }
+
     /// What is kept of `v`, as a `Value`, and whether the budget was spent.
     fn prune(v: &Value) -> (Value, bool) {
         let doc = serde_json::to_vec(v).unwrap();
-        let p = Pruned::from_slice(&doc).unwrap();
+        let p = read(&doc).unwrap();
         (p.value.to_value(), p.over_budget)
     }
 
@@ -378,7 +543,7 @@ mod tests {
         // decoded from escapes are the same keys.
         let raw =
             br#"{"spec": {"cont\u0061iners": [{"n\u0061me": "web", "\u0069mage": "nginx:1"}]}}"#;
-        let p = Pruned::from_slice(raw).unwrap();
+        let p = read(raw).unwrap();
         assert_eq!(
             p.value.to_value(),
             json!({"spec": {"containers": [{"name": "web", "image": "nginx:1"}]}})
@@ -398,12 +563,12 @@ mod tests {
         ];
         for doc in &cases {
             let whole: Value = serde_json::from_str(doc).unwrap();
-            let p = Pruned::from_slice(doc.as_bytes()).unwrap();
+            let p = read(doc.as_bytes()).unwrap();
             let whole = serde_json::to_vec(&whole).unwrap();
-            let w = Pruned::from_slice(&whole).unwrap();
+            let w = read(&whole).unwrap();
             assert_eq!(p, w, "{doc}");
         }
-        let kept = |doc: &str| Pruned::from_slice(doc.as_bytes()).unwrap().value.to_value();
+        let kept = |doc: &str| read(doc.as_bytes()).unwrap().value.to_value();
         assert_eq!(kept(&cases[0]), json!({"kind": "Pod"}));
         assert_eq!(kept(&cases[1]), json!({"kind": "Pod"}));
         assert_eq!(
@@ -433,7 +598,7 @@ mod tests {
     fn strings_are_borrowed_from_the_document_unless_escaped() {
         let raw =
             br#"{"kind":"Pod","spec":{"containers":[{"name":"w\u0065b","image":"nginx:1"}]}}"#;
-        let p = Pruned::from_slice(raw).unwrap();
+        let p = read(raw).unwrap();
         let mut got = Vec::new();
         strings(&p.value, &mut got);
         assert_eq!(
@@ -462,7 +627,7 @@ mod tests {
         doc.push_str(r#""p03":7,"p05":{"image":"b:2"},"p07":{"image":"c:3"},"p07":null,"p11":1,"p11":{"image":"d:4"},"p00":{"x":1}}}"#);
         let whole: Value = serde_json::from_str(&doc).unwrap();
         let (pruned, over) = prune(&whole);
-        let p = Pruned::from_slice(doc.as_bytes()).unwrap();
+        let p = read(doc.as_bytes()).unwrap();
         assert!(!p.over_budget && !over);
         assert_eq!(p.value.to_value(), pruned, "{doc}");
         let Kept::Map(root) = &p.value else {
@@ -499,12 +664,12 @@ mod tests {
             doc.push_str("\"p0\":1,");
         }
         doc.push_str("\"kind\":\"Pod\"}}");
-        let p = Pruned::from_slice(doc.as_bytes()).unwrap();
+        let p = read(doc.as_bytes()).unwrap();
         assert!(p.over_budget);
         assert_eq!(p.value.to_value(), json!({}));
         // Without the 65,536 repeats, the same map is read whole.
         let fewer = doc.replacen("\"p0\":1,", "", MAX_KEPT_NODES - 10);
-        let p = Pruned::from_slice(fewer.as_bytes()).unwrap();
+        let p = read(fewer.as_bytes()).unwrap();
         assert!(!p.over_budget);
         assert!(p.value.pointer("/spec/p0").is_none());
         assert!(p.value.pointer("/spec/p8/image").is_some());
@@ -597,7 +762,7 @@ mod tests {
             s.push_str("0,");
         }
         s.push_str("0]}}");
-        let p = Pruned::from_slice(s.as_bytes()).unwrap();
+        let p = read(s.as_bytes()).unwrap();
         assert_eq!(p.value.to_value(), json!({}));
         assert!(!p.over_budget);
         // …but a list that must keep its positions is counted slot by slot.
@@ -606,7 +771,7 @@ mod tests {
             s.push_str("0,");
         }
         s.push_str("{\"image\":\"a\"}]}}");
-        let p = Pruned::from_slice(s.as_bytes()).unwrap();
+        let p = read(s.as_bytes()).unwrap();
         assert!(p.over_budget);
         assert_eq!(p.value.to_value(), json!({}));
         // Many kept strings: the same.
@@ -621,6 +786,6 @@ mod tests {
         for v in [json!("x"), json!(1), json!([{"image": "a"}]), json!(null)] {
             assert_eq!(prune(&v).0, json!({}));
         }
-        assert!(Pruned::from_slice(b"{\"a\":").is_err());
+        assert!(read(b"{\"a\":").is_err());
     }
 }

@@ -1,10 +1,12 @@
-//! The pruning reader (`src/prune.rs`) against the whole `serde_json::Value`, on generated
+//! The pruning reader (`src/prune.rs`) against the whole `serde_json::Value`, and the fast reader
+//! (`src/json_scan.rs`) against serde_json, on generated
 //! documents, on the same documents with bytes deleted, replaced or inserted, on texts whose
 //! maps repeat keys and keep many entries, and on every AdmissionReview fixture: what it keeps while reading is what pruning the whole value by the
 //! same rules (stated again here, `reference`) gives.
 
 use proptest::prelude::*;
 use serde_json::{Map, Value};
+use tagpin::admission::{parse_review_with, Reader};
 use tagpin::prune::{Pruned, KEPT_STRINGS};
 use tagpin::tree::{Kept, Tree};
 
@@ -52,7 +54,11 @@ fn leaf() -> impl Strategy<Value = Value> {
 }
 
 fn document() -> impl Strategy<Value = Value> {
-    leaf().prop_recursive(6, 96, 6, |inner| {
+    document_of(leaf())
+}
+
+fn document_of(leaf: impl Strategy<Value = Value> + 'static) -> impl Strategy<Value = Value> {
+    leaf.prop_recursive(6, 96, 6, |inner| {
         prop_oneof![
             proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
             proptest::collection::vec((proptest::sample::select(KEYS), inner), 0..6).prop_map(
@@ -158,6 +164,47 @@ enum Edit {
     /// Inserted just before or after the n-th byte of JSON's syntax (brackets, braces, commas,
     /// colons, quotes, backslashes), where most of its rules are.
     Near(usize, bool, u8),
+}
+
+/// `doc` with `edits` made to it.
+fn damaged(mut doc: Vec<u8>, edits: Vec<Edit>) -> Vec<u8> {
+    for e in edits {
+        let n = doc.len();
+        match e {
+            Edit::Delete(i) if n > 0 => {
+                doc.remove(i % n);
+            }
+            Edit::Replace(i, b) if n > 0 => doc[i % n] = b,
+            Edit::Insert(i, b) => doc.insert(i % (n + 1), b),
+            Edit::Near(i, after, b) => {
+                let syntax: Vec<usize> = (0..n)
+                    .filter(|&j| b"[]{},:\"\\".contains(&doc[j]))
+                    .collect();
+                if !syntax.is_empty() {
+                    doc.insert(syntax[i % syntax.len()] + usize::from(after), b);
+                }
+            }
+            _ => {}
+        }
+    }
+    doc
+}
+
+/// An AdmissionReview around `object` and `old`, as the API server writes one.
+fn review(object: &Value, old: &Value) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "705ab4f5", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "ns", "operation": "UPDATE", "userInfo": {"username": "u", "groups": ["g"]},
+            "object": object, "oldObject": old, "dryRun": false, "options": null}
+    }))
+    .unwrap()
+}
+
+/// Leaves without fractions or exponents: numbers the fast reader never gives up on.
+fn whole_number_leaf() -> impl Strategy<Value = Value> {
+    leaf().prop_filter("no float", |v| !v.is_f64())
 }
 
 fn edit() -> impl Strategy<Value = Edit> {
@@ -284,22 +331,7 @@ proptest! {
         v in document(),
         edits in proptest::collection::vec(edit(), 0..4),
     ) {
-        let mut doc = serde_json::to_vec(&v).unwrap();
-        for e in edits {
-            let n = doc.len();
-            match e {
-                Edit::Delete(i) if n > 0 => { doc.remove(i % n); }
-                Edit::Replace(i, b) if n > 0 => doc[i % n] = b,
-                Edit::Insert(i, b) => doc.insert(i % (n + 1), b),
-                Edit::Near(i, after, b) => {
-                    let syntax: Vec<usize> = (0..n).filter(|&j| b"[]{},:\"\\".contains(&doc[j])).collect();
-                    if !syntax.is_empty() {
-                        doc.insert(syntax[i % syntax.len()] + usize::from(after), b);
-                    }
-                }
-                _ => {}
-            }
-        }
+        let doc = damaged(serde_json::to_vec(&v).unwrap(), edits);
         // (The other way does not hold everywhere: inside `labels` and other annotations,
         // skipped unread, a `\u` escape is checked only for its four hex digits.)
         if let Ok(whole) = serde_json::from_slice::<Value>(&doc) {
@@ -307,6 +339,60 @@ proptest! {
             prop_assert!(p.is_ok(), "{:?}: {:?}", String::from_utf8_lossy(&doc), p.err());
             prop_assert_eq!(p.unwrap().value.to_value(), pruned_whole(&whole));
         }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(3000))]
+
+    /// The fast reader (`src/json_scan.rs`), damaged texts and all: where it does not give up,
+    /// serde_json reads the text too, and reads it the same.
+    #[test]
+    fn the_fast_reader_reads_as_serde_json_reads_or_gives_up(
+        v in document(),
+        edits in proptest::collection::vec(edit(), 0..4),
+    ) {
+        let doc = damaged(serde_json::to_vec(&v).unwrap(), edits);
+        if let Some(fast) = std::str::from_utf8(&doc).ok().and_then(Pruned::scan_text) {
+            let serde = Pruned::read_with_serde(&doc);
+            prop_assert_eq!(Some(&fast), serde.as_ref().ok(), "{}", String::from_utf8_lossy(&doc));
+        }
+    }
+
+    #[test]
+    fn written_texts_read_alike_by_both_readers(w in written()) {
+        let mut doc = String::new();
+        w.write(&mut doc);
+        let serde = Pruned::read_with_serde(doc.as_bytes()).unwrap();
+        if let Some(fast) = Pruned::scan_text(&doc) {
+            prop_assert_eq!(fast, serde, "{}", doc);
+        }
+    }
+
+    /// It gives up only where it must: never on a document whose numbers are whole.
+    #[test]
+    fn the_fast_reader_reads_documents_of_whole_numbers(
+        v in document_of(whole_number_leaf()),
+        pretty in any::<bool>(),
+    ) {
+        let doc = if pretty { serde_json::to_string_pretty(&v) } else { serde_json::to_string(&v) }.unwrap();
+        let fast = Pruned::scan_text(&doc);
+        prop_assert!(fast.is_some(), "gave up on {}", doc);
+        prop_assert_eq!(fast.unwrap().value.to_value(), pruned_whole(&v));
+    }
+
+    /// Whole reviews, damaged: the request read (or the error given) is the same whichever
+    /// reader starts.
+    #[test]
+    fn reviews_read_alike_by_both_readers(
+        object in document(),
+        old in document(),
+        edits in proptest::collection::vec(edit(), 0..3),
+    ) {
+        let body = damaged(review(&object, &old), edits);
+        let fast = parse_review_with(&body, Reader::Fast).map_err(|e| e.to_string());
+        let serde = parse_review_with(&body, Reader::Serde).map_err(|e| e.to_string());
+        prop_assert_eq!(fast, serde, "{}", String::from_utf8_lossy(&body));
     }
 }
 

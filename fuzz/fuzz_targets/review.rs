@@ -1,9 +1,10 @@
-//! Review parsing (the pruning deserializer) and planning, deciding and answering, for any body.
-//! Invariants: nothing panics; the answer is bounded; a patch applies to the pruned object.
+//! Review parsing (the fast reader and the pruning deserializer) and planning, deciding and
+//! answering, for any body. Invariants: nothing panics; both readers read the same request or
+//! give the same error; the answer is bounded; a patch applies to the pruned object.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tagpin::admission::{self, Endpoint};
+use tagpin::admission::{self, Endpoint, Reader};
 use tagpin::reference::{Digest, ImageRef, ReferenceError};
 use tagpin::resolve::{ImageOutcome, Outcome};
 
@@ -11,7 +12,14 @@ const D: &str = "sha256:11111111111111111111111111111111111111111111111111111111
 
 fuzz_target!(|body: &[u8]| {
     let _ = admission::parse_review_header(body);
-    let Ok((api_version, req)) = admission::parse_review(body) else {
+    let fast = admission::parse_review_with(body, Reader::Fast);
+    let serde = admission::parse_review_with(body, Reader::Serde);
+    assert_eq!(
+        fast.as_ref().map_err(ToString::to_string),
+        serde.as_ref().map_err(ToString::to_string),
+        "the fast reader reads as serde_json does"
+    );
+    let Ok((api_version, req)) = fast else {
         return;
     };
     let keep_tag = body.len() % 2 == 0;

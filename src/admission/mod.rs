@@ -15,8 +15,9 @@ pub use admitter::{AdmissionConfig, Admitter};
 pub use decide::{decide, response, Decision, Endpoint};
 pub use plan::{credential_request, plan, Plan};
 pub use review::{
-    parse_review, parse_review_header, AdmissionRequest, AdmissionReview, Base64Patch, Envelope,
-    GroupVersionKind, ResponseOut, ReviewError, ReviewOut, StatusOut,
+    parse_review, parse_review_header, parse_review_with, AdmissionRequest, AdmissionReview,
+    Base64Patch, Envelope, GroupVersionKind, Reader, ResponseOut, ReviewError, ReviewOut,
+    StatusOut,
 };
 pub use warnings::{
     bound_warnings, split_warning, MAX_DENIAL_BYTES, MAX_WARNINGS, MAX_WARNING_BYTES,

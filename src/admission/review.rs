@@ -5,6 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::json_scan::Scanner;
 use crate::prune::Pruned;
 use crate::tree::Kept;
 
@@ -20,7 +21,7 @@ pub struct Envelope<R> {
 /// An AdmissionReview with its request read as tagpin needs it.
 pub type AdmissionReview<'a> = Envelope<AdmissionRequest<'a>>;
 
-#[derive(Deserialize, Debug, Clone, Default)]
+#[derive(Deserialize, Debug, Clone, Default, PartialEq)]
 pub struct GroupVersionKind {
     #[serde(default)]
     pub group: String,
@@ -33,7 +34,7 @@ pub struct GroupVersionKind {
 /// while they are read ([`crate::prune`]): only image sites, the metadata the patch touches and
 /// the pod spec's credential fields are kept, never a whole `Value` of the object, and their
 /// strings are borrowed from the body.
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct AdmissionRequest<'a> {
     pub uid: String,
     pub kind: GroupVersionKind,
@@ -112,16 +113,28 @@ pub enum ReviewError {
     NoUid,
 }
 
+/// How a review body is read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reader {
+    /// The fast reader ([`crate::json_scan`]), and serde_json where it gives up.
+    Fast,
+    /// serde_json alone: what the fast reader is held to.
+    Serde,
+}
+
 /// Parses a review body and checks its envelope: apiVersion, kind, a request with a uid.
 fn checked<'a, R: Deserialize<'a>>(
     body: &'a [u8],
     uid: impl Fn(&R) -> &str,
+    scan: impl FnOnce(&'a str) -> Option<Envelope<R>>,
 ) -> Result<(String, R), ReviewError> {
     // Checked as UTF-8 once, as a whole: read from bytes, serde_json checks every string on
     // its own.
     let text = std::str::from_utf8(body).map_err(|e| ReviewError::Json(e.to_string()))?;
-    let review: Envelope<R> =
-        serde_json::from_str(text).map_err(|e| ReviewError::Json(e.to_string()))?;
+    let review: Envelope<R> = match scan(text) {
+        Some(review) => review,
+        None => serde_json::from_str(text).map_err(|e| ReviewError::Json(e.to_string()))?,
+    };
     if !matches!(
         review.api_version.as_str(),
         "admission.k8s.io/v1" | "admission.k8s.io/v1beta1"
@@ -140,7 +153,118 @@ fn checked<'a, R: Deserialize<'a>>(
 
 /// Parses and checks a review body.
 pub fn parse_review(body: &[u8]) -> Result<(String, AdmissionRequest<'_>), ReviewError> {
-    checked(body, |r: &AdmissionRequest| &r.uid)
+    parse_review_with(body, Reader::Fast)
+}
+
+/// Parses and checks a review body with the reader given.
+pub fn parse_review_with(
+    body: &[u8],
+    reader: Reader,
+) -> Result<(String, AdmissionRequest<'_>), ReviewError> {
+    checked(
+        body,
+        |r: &AdmissionRequest| &r.uid,
+        |text| match reader {
+            Reader::Fast => scan_review(text),
+            Reader::Serde => None,
+        },
+    )
+}
+
+/// The review as the derived `Deserialize` of [`Envelope`] and [`RequestIn`] read it, read with
+/// the fast reader; `None` where it gives up, and on what serde_json would refuse: a field
+/// given twice, a missing one, one of another type, a `null` request.
+fn scan_review(text: &str) -> Option<AdmissionReview<'_>> {
+    let mut s = Scanner::new(text);
+    let (mut api_version, mut kind, mut request) = (None, None, None);
+    s.enter(b'{')?;
+    let mut first = true;
+    while let Some(key) = s.next_key(&mut first)? {
+        match key.as_ref() {
+            "apiVersion" => once(&mut api_version, s.string()?.into_owned())?,
+            "kind" => once(&mut kind, s.string()?.into_owned())?,
+            "request" => once(&mut request, scan_request(&mut s)?)?,
+            _ => s.skip()?,
+        }
+    }
+    s.at_end().then_some(())?;
+    Some(Envelope {
+        api_version: api_version?,
+        kind: kind?,
+        request: Some(request?),
+    })
+}
+
+fn scan_request<'a>(s: &mut Scanner<'a>) -> Option<AdmissionRequest<'a>> {
+    let (mut uid, mut kind, mut operation) = (None, None, None);
+    let (mut sub_resource, mut name, mut namespace) = (None, None, None);
+    let (mut object, mut old_object, mut dry_run) = (None, None, None);
+    let optional_string = |s: &mut Scanner<'_>| match s.null()? {
+        true => Some(None),
+        false => Some(Some(s.string()?.into_owned())),
+    };
+    let optional_object = |s: &mut Scanner<'a>| match s.null()? {
+        true => Some(None),
+        false => Pruned::scan(s).map(Some),
+    };
+    s.enter(b'{')?;
+    let mut first = true;
+    while let Some(key) = s.next_key(&mut first)? {
+        match key.as_ref() {
+            "uid" => once(&mut uid, s.string()?.into_owned())?,
+            "kind" => once(&mut kind, scan_kind(s)?)?,
+            "subResource" => once(&mut sub_resource, optional_string(s)?)?,
+            "name" => once(&mut name, optional_string(s)?)?,
+            "namespace" => once(&mut namespace, optional_string(s)?)?,
+            "operation" => once(&mut operation, s.string()?.into_owned())?,
+            "object" => once(&mut object, optional_object(s)?)?,
+            "oldObject" => once(&mut old_object, optional_object(s)?)?,
+            "dryRun" => once(
+                &mut dry_run,
+                match s.null()? {
+                    true => None,
+                    false => Some(s.bool()?),
+                },
+            )?,
+            _ => s.skip()?,
+        }
+    }
+    let request = RequestIn {
+        uid: uid?,
+        kind: kind?,
+        sub_resource: sub_resource.flatten(),
+        name: name.flatten(),
+        namespace: namespace.flatten(),
+        operation: operation?,
+        object: object.flatten(),
+        old_object: old_object.flatten(),
+        dry_run: dry_run.flatten(),
+    };
+    Some(request.into())
+}
+
+fn scan_kind(s: &mut Scanner<'_>) -> Option<GroupVersionKind> {
+    let (mut group, mut version, mut kind) = (None, None, None);
+    s.enter(b'{')?;
+    let mut first = true;
+    while let Some(key) = s.next_key(&mut first)? {
+        match key.as_ref() {
+            "group" => once(&mut group, s.string()?.into_owned())?,
+            "version" => once(&mut version, s.string()?.into_owned())?,
+            "kind" => once(&mut kind, s.string()?.into_owned())?,
+            _ => s.skip()?,
+        }
+    }
+    Some(GroupVersionKind {
+        group: group.unwrap_or_default(),
+        version: version.unwrap_or_default(),
+        kind: kind?,
+    })
+}
+
+/// Sets a field read once; `None` (give up: serde_json refuses it) when it was set before.
+fn once<T>(field: &mut Option<T>, value: T) -> Option<()> {
+    field.is_none().then(|| *field = Some(value))
 }
 
 /// The apiVersion and uid of a review, reading nothing else.
@@ -149,7 +273,7 @@ pub fn parse_review_header(body: &[u8]) -> Result<(String, String), ReviewError>
     struct RequestHeader {
         uid: String,
     }
-    let (api_version, h) = checked(body, |h: &RequestHeader| &h.uid)?;
+    let (api_version, h) = checked(body, |h: &RequestHeader| &h.uid, |_| None)?;
     Ok((api_version, h.uid))
 }
 
@@ -271,6 +395,57 @@ fn json_str(out: &mut Vec<u8>, s: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fast_reader_reads_every_real_review_as_serde_json_does() {
+        // The API server's own JSON: the fast reader must not give up on it (or nothing is
+        // gained), and reads what serde_json reads.
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/data");
+        let mut read = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let body = std::fs::read_to_string(&path).unwrap();
+            let fast = scan_review(&body).unwrap_or_else(|| panic!("{}", path.display()));
+            let serde: AdmissionReview = serde_json::from_str(&body).unwrap();
+            assert_eq!(fast.api_version, serde.api_version, "{}", path.display());
+            assert_eq!(fast.kind, serde.kind);
+            assert_eq!(fast.request, serde.request, "{}", path.display());
+            read += 1;
+        }
+        assert!(read >= 6, "{read} fixtures");
+    }
+
+    #[test]
+    fn the_fast_reader_gives_up_where_the_derived_reader_refuses() {
+        let request = r#""uid":"u","kind":{"kind":"Pod"},"operation":"CREATE""#;
+        let ok = format!(r#"{{"apiVersion":"v","kind":"k","request":{{{request}}}}}"#);
+        let r = scan_review(&ok).unwrap().request.unwrap();
+        assert_eq!((r.uid.as_str(), r.kind.group.as_str()), ("u", ""));
+        for bad in [
+            // A field given twice, at each level.
+            format!(r#"{{"apiVersion":"v","apiVersion":"v","kind":"k","request":{{{request}}}}}"#),
+            format!(r#"{{"apiVersion":"v","kind":"k","request":{{{request},"uid":"u"}}}}"#),
+            r#"{"apiVersion":"v","kind":"k","request":{"uid":"u","kind":{"kind":"Pod","kind":"Pod"},"operation":"C"}}"#.into(),
+            // A missing one, a null one, one of another type.
+            format!(r#"{{"kind":"k","request":{{{request}}}}}"#),
+            r#"{"apiVersion":"v","kind":"k","request":{"uid":"u","operation":"C"}}"#.into(),
+            r#"{"apiVersion":"v","kind":"k","request":null}"#.into(),
+            format!(r#"{{"apiVersion":"v","kind":"k","request":{{{request},"name":7}}}}"#),
+            format!(r#"{{"apiVersion":"v","kind":"k","request":{{{request},"dryRun":"yes"}}}}"#),
+            r#"{"apiVersion":"v","kind":"k","request":{"uid":"u","kind":{"group":null,"kind":"Pod"},"operation":"C"}}"#.into(),
+            // A struct given as a list (serde_json reads that), trailing text.
+            format!(r#"["v","k",{{{request}}}]"#),
+            format!("{ok} x"),
+        ] {
+            assert!(scan_review(&bad).is_none(), "{bad}");
+            let fast = parse_review_with(bad.as_bytes(), Reader::Fast).map_err(|e| e.to_string());
+            let serde = parse_review_with(bad.as_bytes(), Reader::Serde).map_err(|e| e.to_string());
+            assert_eq!(fast, serde, "{bad}");
+        }
+    }
 
     fn out(patch: Option<&str>, warnings: &[&str], status: Option<&str>) -> ReviewOut {
         ReviewOut {
