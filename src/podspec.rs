@@ -381,6 +381,10 @@ fn containers_shape<T: Tree>(v: &T) -> Shape {
 /// each site's record key and label start with its pod spec's JSON pointer
 /// (`/spec/workerGroupSpecs/0/template/spec#worker`), so names may repeat across them.
 pub fn images_of<T: Tree>(object: &T, specs: &[PodSpecAt]) -> Vec<ImageSite> {
+    // One pod spec (nearly every object): its sites as found, not moved again one by one.
+    if let [one] = specs {
+        return find_images(object, &one.spec_at);
+    }
     let several = specs.len() > 1;
     specs
         .iter()
