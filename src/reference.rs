@@ -175,6 +175,18 @@ fn valid_tag(t: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
 }
 
+/// The two lowercase hex digits of every byte.
+static HEX_PAIRS: [[u8; 2]; 256] = {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut t = [[0u8; 2]; 256];
+    let mut i = 0;
+    while i < 256 {
+        t[i] = [HEX[i >> 4], HEX[i & 0xf]];
+        i += 1;
+    }
+    t
+};
+
 /// A content digest in its canonical form (`sha256:<64 lowercase hex>` or `sha512:<128>`),
 /// held as bytes: 33 bytes for sha256 instead of a 71-character string (the digest cache holds
 /// one per tag, issue "a cache that costs ≤ 400 bytes per tag").
@@ -220,18 +232,16 @@ impl Digest {
         }
     }
 
-    /// The canonical text written into `buf`, hex digits from a table (no formatter per byte).
+    /// The canonical text written into `buf`, two hex digits per byte from a table (no
+    /// formatter per byte).
     fn encode<'b>(&self, buf: &'b mut [u8; 135]) -> &'b str {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
         let alg: &[u8; 7] = match self {
             Self::Sha256(_) => b"sha256:",
             Self::Sha512(_) => b"sha512:",
         };
         buf[..7].copy_from_slice(alg);
-        let bytes = self.bytes();
-        for (i, b) in bytes.iter().enumerate() {
-            buf[7 + 2 * i] = HEX[usize::from(b >> 4)];
-            buf[8 + 2 * i] = HEX[usize::from(b & 0xf)];
+        for (pair, b) in buf[7..].chunks_exact_mut(2).zip(self.bytes()) {
+            pair.copy_from_slice(&HEX_PAIRS[usize::from(*b)]);
         }
         // Only ASCII was written.
         std::str::from_utf8(&buf[..self.text_len()]).unwrap_or_default()
