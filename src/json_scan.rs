@@ -100,47 +100,53 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Enters a map (`{`) or a list (`[`).
-    pub fn enter(&mut self, open: u8) -> Option<()> {
+    /// Reads a map: `value` is called with each key (read as [`Scanner::string`] reads, its
+    /// colon taken) to read that key's value.
+    pub fn map(
+        &mut self,
+        mut value: impl FnMut(&mut Self, Cow<'a, str>) -> Option<()>,
+    ) -> Option<()> {
+        self.items(b'{', b'}', |s| {
+            let key = s.string()?;
+            s.eat(b':')?;
+            value(s, key)
+        })
+    }
+
+    /// Reads a list: `element` is called to read each element.
+    pub fn list(&mut self, element: impl FnMut(&mut Self) -> Option<()>) -> Option<()> {
+        self.items(b'[', b']', element)
+    }
+
+    /// The items of a map or a list between `open` and `close`, separated by commas, each read
+    /// by `item`; no deeper than [`MAX_DEPTH`].
+    fn items(
+        &mut self,
+        open: u8,
+        close: u8,
+        mut item: impl FnMut(&mut Self) -> Option<()>,
+    ) -> Option<()> {
         if self.depth >= MAX_DEPTH {
             return None;
         }
         self.eat(open)?;
         self.depth += 1;
-        Some(())
-    }
-
-    /// The next key of the map entered, with its colon taken; `None` inside when the map has
-    /// ended. `first` is true before the first key, and is cleared.
-    pub fn next_key(&mut self, first: &mut bool) -> Option<Option<Cow<'a, str>>> {
-        if !self.more(b'}', first)? {
-            return Some(None);
-        }
-        let key = self.string()?;
-        self.eat(b':')?;
-        Some(Some(key))
-    }
-
-    /// True when the list entered has another element (its comma taken), false when it has
-    /// ended. `first` is true before the first element, and is cleared.
-    pub fn next_element(&mut self, first: &mut bool) -> Option<bool> {
-        self.more(b']', first)
-    }
-
-    fn more(&mut self, close: u8, first: &mut bool) -> Option<bool> {
-        let c = self.peek()?;
-        if c == close {
-            self.pos += 1;
-            self.depth = self.depth.saturating_sub(1);
-            return Some(false);
-        }
-        if !std::mem::take(first) {
-            if c != b',' {
-                return None;
+        let mut first = true;
+        loop {
+            let c = self.peek()?;
+            if c == close {
+                self.pos += 1;
+                self.depth -= 1;
+                return Some(());
             }
-            self.pos += 1;
+            if !std::mem::take(&mut first) {
+                if c != b',' {
+                    return None;
+                }
+                self.pos += 1;
+            }
+            item(self)?;
         }
-        Some(true)
     }
 
     /// A string, read as serde_json reads one: borrowed from the text unless it has escapes.
@@ -305,24 +311,13 @@ impl<'a> Scanner<'a> {
     pub fn skip(&mut self) -> Option<()> {
         match self.peek()? {
             b'"' => self.skip_string(),
-            b'{' => {
-                self.enter(b'{')?;
-                let mut first = true;
-                while self.more(b'}', &mut first)? {
-                    self.skip_string()?;
-                    self.eat(b':')?;
-                    self.skip()?;
-                }
-                Some(())
-            }
-            b'[' => {
-                self.enter(b'[')?;
-                let mut first = true;
-                while self.more(b']', &mut first)? {
-                    self.skip()?;
-                }
-                Some(())
-            }
+            // Keys of a skipped map are skipped too (serde_json does not decode them).
+            b'{' => self.items(b'{', b'}', |s| {
+                s.skip_string()?;
+                s.eat(b':')?;
+                s.skip()
+            }),
+            b'[' => self.list(Self::skip),
             b't' => self.literal(b"true"),
             b'f' => self.literal(b"false"),
             b'n' => self.literal(b"null"),

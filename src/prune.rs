@@ -273,13 +273,10 @@ impl<'k> Node<'_, 'k> {
         match s.peek()? {
             b'"' => Some(self.string(s.string()?)),
             b'{' => {
-                s.enter(b'{')?;
                 let mut entries = Entries::default();
-                let mut first = true;
-                while let Some(key) = s.next_key(&mut first)? {
+                s.map(|s, key| {
                     let Some(ctx) = self.field(&key) else {
-                        s.skip()?;
-                        continue;
+                        return s.skip();
                     };
                     let node = Node {
                         budget: self.budget,
@@ -290,15 +287,14 @@ impl<'k> Node<'_, 'k> {
                         return None;
                     }
                     entries.add(key, v, self.budget);
-                }
+                    Some(())
+                })?;
                 Some(self.map(entries))
             }
             b'[' => {
-                s.enter(b'[')?;
                 let mut kept = Vec::new();
                 let mut len = 0usize;
-                let mut first = true;
-                while s.next_element(&mut first)? {
+                s.list(|s| {
                     if let Some(v) = self.element().scan(s)? {
                         kept.push((len, v));
                     }
@@ -306,7 +302,8 @@ impl<'k> Node<'_, 'k> {
                         return None;
                     }
                     len += 1;
-                }
+                    Some(())
+                })?;
                 Some(self.list(kept, len))
             }
             b't' | b'f' => Some(self.boolean(s.bool()?)),

@@ -177,16 +177,12 @@ pub fn parse_review_with(
 fn scan_review(text: &str) -> Option<AdmissionReview<'_>> {
     let mut s = Scanner::new(text);
     let (mut api_version, mut kind, mut request) = (None, None, None);
-    s.enter(b'{')?;
-    let mut first = true;
-    while let Some(key) = s.next_key(&mut first)? {
-        match key.as_ref() {
-            "apiVersion" => once(&mut api_version, s.string()?.into_owned())?,
-            "kind" => once(&mut kind, s.string()?.into_owned())?,
-            "request" => once(&mut request, scan_request(&mut s)?)?,
-            _ => s.skip()?,
-        }
-    }
+    s.map(|s, key| match key.as_ref() {
+        "apiVersion" => once(&mut api_version, s.string()?.into_owned()),
+        "kind" => once(&mut kind, s.string()?.into_owned()),
+        "request" => once(&mut request, scan_request(s)?),
+        _ => s.skip(),
+    })?;
     s.at_end().then_some(())?;
     Some(Envelope {
         api_version: api_version?,
@@ -207,28 +203,24 @@ fn scan_request<'a>(s: &mut Scanner<'a>) -> Option<AdmissionRequest<'a>> {
         true => Some(None),
         false => Pruned::scan(s).map(Some),
     };
-    s.enter(b'{')?;
-    let mut first = true;
-    while let Some(key) = s.next_key(&mut first)? {
-        match key.as_ref() {
-            "uid" => once(&mut uid, s.string()?.into_owned())?,
-            "kind" => once(&mut kind, scan_kind(s)?)?,
-            "subResource" => once(&mut sub_resource, optional_string(s)?)?,
-            "name" => once(&mut name, optional_string(s)?)?,
-            "namespace" => once(&mut namespace, optional_string(s)?)?,
-            "operation" => once(&mut operation, s.string()?.into_owned())?,
-            "object" => once(&mut object, optional_object(s)?)?,
-            "oldObject" => once(&mut old_object, optional_object(s)?)?,
-            "dryRun" => once(
-                &mut dry_run,
-                match s.null()? {
-                    true => None,
-                    false => Some(s.bool()?),
-                },
-            )?,
-            _ => s.skip()?,
+    s.map(|s, key| match key.as_ref() {
+        "uid" => once(&mut uid, s.string()?.into_owned()),
+        "kind" => once(&mut kind, scan_kind(s)?),
+        "subResource" => once(&mut sub_resource, optional_string(s)?),
+        "name" => once(&mut name, optional_string(s)?),
+        "namespace" => once(&mut namespace, optional_string(s)?),
+        "operation" => once(&mut operation, s.string()?.into_owned()),
+        "object" => once(&mut object, optional_object(s)?),
+        "oldObject" => once(&mut old_object, optional_object(s)?),
+        "dryRun" => {
+            let value = match s.null()? {
+                true => None,
+                false => Some(s.bool()?),
+            };
+            once(&mut dry_run, value)
         }
-    }
+        _ => s.skip(),
+    })?;
     let request = RequestIn {
         uid: uid?,
         kind: kind?,
@@ -245,16 +237,12 @@ fn scan_request<'a>(s: &mut Scanner<'a>) -> Option<AdmissionRequest<'a>> {
 
 fn scan_kind(s: &mut Scanner<'_>) -> Option<GroupVersionKind> {
     let (mut group, mut version, mut kind) = (None, None, None);
-    s.enter(b'{')?;
-    let mut first = true;
-    while let Some(key) = s.next_key(&mut first)? {
-        match key.as_ref() {
-            "group" => once(&mut group, s.string()?.into_owned())?,
-            "version" => once(&mut version, s.string()?.into_owned())?,
-            "kind" => once(&mut kind, s.string()?.into_owned())?,
-            _ => s.skip()?,
-        }
-    }
+    s.map(|s, key| match key.as_ref() {
+        "group" => once(&mut group, s.string()?.into_owned()),
+        "version" => once(&mut version, s.string()?.into_owned()),
+        "kind" => once(&mut kind, s.string()?.into_owned()),
+        _ => s.skip(),
+    })?;
     Some(GroupVersionKind {
         group: group.unwrap_or_default(),
         version: version.unwrap_or_default(),
