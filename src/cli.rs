@@ -252,6 +252,10 @@ pub struct ServeArgs {
     /// Open connections on the review listener (lowered to fit the open-file limit); more wait to be accepted.
     #[arg(long, env = "TAGPIN_MAX_CONNECTIONS", default_value_t = crate::server::DEFAULT_MAX_CONNECTIONS, value_parser = positive)]
     pub max_connections: usize,
+    /// Threads serving review connections, each with a runtime of its own (a connection stays on
+    /// one; HTTP/2 streams are spread over all). Default: one per CPU the process may use.
+    #[arg(long, env = "TAGPIN_REVIEW_THREADS", value_parser = positive, value_name = "N")]
+    pub review_threads: Option<usize>,
     /// CA bundle (PEM): the review listener then requires a client certificate signed by it
     /// (the API server presents one when its AdmissionConfiguration names a kubeconfig for the webhook).
     #[arg(long, env = "TAGPIN_CLIENT_CA", value_name = "FILE")]
@@ -512,6 +516,9 @@ impl ServeArgs {
             max_concurrent_reviews: self.max_concurrent_reviews,
             max_connections: self.max_connections,
             client_ca: self.client_ca.clone(),
+            review_threads: self.review_threads.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            }),
         }
     }
 }

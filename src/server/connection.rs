@@ -11,10 +11,12 @@ use std::time::{Duration, Instant};
 use axum::body::Body;
 use axum::http::{header, HeaderValue};
 use axum_server::tls_rustls::RustlsConfig;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
+
+use super::workers::Exec;
 
 /// A TLS handshake must finish within this.
 pub const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -45,6 +47,8 @@ pub(super) struct Shared {
     pub(super) draining: AtomicBool,
     pub(super) drain: watch::Receiver<bool>,
     pub(super) force: watch::Receiver<bool>,
+    /// Where HTTP/2 streams run.
+    pub(super) exec: Exec,
 }
 
 /// Timestamps of one connection, in milliseconds since it was accepted.
@@ -274,8 +278,8 @@ fn service(
 }
 
 /// HTTP/1 and, over TLS, HTTP/2 (by ALPN), with hyper's limits and keep-alives.
-fn protocols(tls: bool) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+fn protocols(tls: bool, exec: Exec) -> hyper_util::server::conn::auto::Builder<Exec> {
+    let mut builder = hyper_util::server::conn::auto::Builder::new(exec);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -310,7 +314,7 @@ where
         state: state.clone(),
     };
     let service = service(shared.clone(), state.clone(), h2);
-    let builder = protocols(shared.tls.is_some());
+    let builder = protocols(shared.tls.is_some(), shared.exec.clone());
     let conn = builder.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
     let mut drain = shared.drain.clone();

@@ -6,10 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum_server::tls_rustls::RustlsConfig;
-use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::connection::{connection, App, Shared};
+use super::workers::{Exec, Workers};
 
 /// Default cap on open connections, per listener (the metrics listener takes at most
 /// [`METRICS_MAX_CONNECTIONS`]).
@@ -27,23 +28,35 @@ pub(super) struct Listener {
     pub(super) tls: Option<RustlsConfig>,
     pub(super) app: App,
     pub(super) max_connections: usize,
+    /// The threads its connections are served on; `None`: the caller's runtime.
+    pub(super) workers: Option<Arc<Workers>>,
 }
 
 impl Listener {
     /// Accepts until the drain starts, then stops listening and waits up to `grace` for the
     /// open connections to finish (closing those still open after it).
     pub(super) async fn run(self, mut drain: watch::Receiver<bool>, grace: Duration) {
-        let max = u32::try_from(self.max_connections)
-            .unwrap_or(u32::MAX)
-            .max(1);
+        let Listener {
+            name,
+            tcp,
+            tls,
+            app,
+            max_connections,
+            workers,
+        } = self;
+        let max = u32::try_from(max_connections).unwrap_or(u32::MAX).max(1);
         let slots = Arc::new(Semaphore::new(max as usize));
         let (force_tx, force_rx) = watch::channel(false);
         let shared = Arc::new(Shared {
-            app: self.app,
-            tls: self.tls,
+            app,
+            tls,
             draining: AtomicBool::new(false),
             drain: drain.clone(),
             force: force_rx,
+            exec: match &workers {
+                Some(w) => Exec::Spread(w.clone()),
+                None => Exec::Here,
+            },
         });
         let mut last_accept_error: Option<Instant> = None;
         loop {
@@ -56,18 +69,18 @@ impl Listener {
             let accepted = tokio::select! {
                 biased;
                 _ = drain.wait_for(|d| *d) => break,
-                a = self.tcp.accept() => a,
+                a = tcp.accept() => a,
             };
             match accepted {
                 Ok((stream, _peer)) => {
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(connection(stream, shared.clone(), slot));
+                    serve(workers.as_deref(), name, stream, shared.clone(), slot);
                 }
                 Err(e) => {
                     // Out of descriptors (or a connection reset before accept): say so once a
                     // second at most, and give closing connections a moment.
                     if last_accept_error.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
-                        tracing::warn!(listener = self.name, error = %e, "accept failed");
+                        tracing::warn!(listener = name, error = %e, "accept failed");
                         last_accept_error = Some(Instant::now());
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -75,21 +88,55 @@ impl Listener {
             }
         }
         // Stop listening: new connections are refused from here on.
-        drop(self.tcp);
+        drop(tcp);
         shared.draining.store(true, Ordering::SeqCst);
         let all = slots.acquire_many(max);
         let done = tokio::time::timeout(grace, all).await.is_ok();
         if !done {
             let open = max as usize - slots.available_permits();
             tracing::warn!(
-                listener = self.name,
+                listener = name,
                 open,
                 "shutdown grace over: closing the connections still open"
             );
             let _ = force_tx.send(true);
             let _ = tokio::time::timeout(Duration::from_secs(1), slots.acquire_many(max)).await;
         }
+        if let Some(workers) = &workers {
+            workers.stop().await;
+        }
     }
+}
+
+/// Serves an accepted connection on this runtime (no `workers`), or on the serving thread with
+/// the fewest open connections.
+fn serve(
+    workers: Option<&Workers>,
+    name: &'static str,
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    slot: OwnedSemaphorePermit,
+) {
+    let Some(workers) = workers else {
+        tokio::spawn(connection(stream, shared, slot));
+        return;
+    };
+    // Off this runtime's reactor, onto the serving thread's.
+    let stream = match stream.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::debug!(listener = name, error = %e, "cannot hand the connection to a serving thread");
+            return;
+        }
+    };
+    workers.spawn_connection(move || async move {
+        match TcpStream::from_std(stream) {
+            Ok(stream) => connection(stream, shared, slot).await,
+            Err(e) => {
+                tracing::debug!(listener = name, error = %e, "cannot serve the connection on its thread");
+            }
+        }
+    });
 }
 
 /// `wanted` (`--max-connections`) after raising the open-file limit, lowered (with a warning)

@@ -17,11 +17,13 @@
 //! that will be answered. What is still open when `--shutdown-grace` ends is closed.
 //!
 //! `routes.rs` holds the handlers, `listener.rs` the accept loops and their drain,
-//! `connection.rs` one connection's timers; which certificate is served is `crate::tls`'s.
+//! `connection.rs` one connection's timers, `workers.rs` the threads review connections are
+//! served on; which certificate is served is `crate::tls`'s.
 
 mod connection;
 mod listener;
 mod routes;
+mod workers;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -38,6 +40,9 @@ use crate::metrics::Metrics;
 use crate::tls;
 use connection::App;
 use listener::{connection_limit, Listener};
+use workers::Workers;
+
+pub use workers::WorkersError;
 
 pub use connection::{DRAIN_QUIET, HEADER_READ_TIMEOUT, IDLE_TIMEOUT, TLS_HANDSHAKE_TIMEOUT};
 pub use listener::{
@@ -94,6 +99,8 @@ pub struct ServeConfig {
     pub max_connections: usize,
     /// When set, the review listener requires a client certificate signed by this CA.
     pub client_ca: Option<PathBuf>,
+    /// Threads serving the review listener's connections, each with a runtime of its own.
+    pub review_threads: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +112,8 @@ pub enum ServeError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Workers(#[from] WorkersError),
     #[error("server failed: {0}")]
     Io(#[from] std::io::Error),
 }
@@ -143,6 +152,7 @@ pub async fn serve(
         tls: Some(tls),
         app: review_app(Reviews::new(admitter, limits), ready.clone()),
         max_connections,
+        workers: Some(Workers::start(cfg.review_threads)?),
     };
     let probes = Listener {
         name: "metrics",
@@ -150,11 +160,12 @@ pub async fn serve(
         tls: None,
         app: router_app(metrics_router(metrics, ready.clone())),
         max_connections: METRICS_MAX_CONNECTIONS.min(max_connections),
+        workers: None,
     };
     let a = tokio::spawn(reviews.run(drain.clone(), grace));
     let b = tokio::spawn(probes.run(drain, grace));
     ready.store(true, Ordering::Relaxed);
-    tracing::info!(max_connections, "admission reviews on https://{addr} (POST /mutate, /enforce); metrics on http://{metrics_addr}/metrics");
+    tracing::info!(max_connections, review_threads = cfg.review_threads, "admission reviews on https://{addr} (POST /mutate, /enforce); metrics on http://{metrics_addr}/metrics");
     let (a, b) = tokio::join!(a, b);
     for r in [a, b] {
         if let Err(join) = r {
