@@ -474,9 +474,16 @@ impl Resolver {
     ) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(images.len());
         let mut misses = Vec::new();
+        // No credential for any image: each tries anonymous only, and a hit needs no list.
+        let anonymous_only = self.0.docker_config.is_empty()
+            && request_credentials.iter().all(CredentialSet::is_empty);
         for (i, image) in images.iter().enumerate() {
-            let creds = self.candidates(image, request_credentials);
-            if let Some(d) = self.fresh(image, &creds) {
+            let creds = (!anonymous_only).then(|| self.candidates(image, request_credentials));
+            let tried = match &creds {
+                Some(c) => c.as_slice(),
+                None => std::slice::from_ref(Credential::anonymous_ref()),
+            };
+            if let Some(d) = self.fresh(image, tried) {
                 if let Some(p) = &req.progress {
                     p.fetch_add(1, Ordering::Relaxed);
                 }
@@ -485,6 +492,7 @@ impl Resolver {
             }
             // Replaced below, once the lookup ends or the deadline passes.
             out.push(Outcome::Failed(LookupError::Internal(String::new())));
+            let creds = creds.unwrap_or_else(|| vec![Credential::anonymous()]);
             let (this, image) = (self.clone(), image.clone());
             let progress = req.progress.clone();
             // Boxed: the lookup's future is large, and only a miss pays for it.
