@@ -51,8 +51,10 @@ pub(super) struct Shared {
     pub(super) exec: Exec,
 }
 
-/// Timestamps of one connection, in milliseconds since it was accepted.
+/// Timestamps of one connection, in milliseconds since it was accepted, and its listener's
+/// shared state (held once per connection).
 struct ConnState {
+    shared: Arc<Shared>,
     epoch: Instant,
     last_io: AtomicU64,
     /// 1 + when the first byte of a request head arrived; 0 when no head is pending.
@@ -63,8 +65,9 @@ struct ConnState {
 }
 
 impl ConnState {
-    fn new() -> Self {
+    fn new(shared: Arc<Shared>) -> Self {
         Self {
+            shared,
             epoch: Instant::now(),
             last_io: AtomicU64::new(0),
             head_since: AtomicU64::new(0),
@@ -261,13 +264,15 @@ fn service(
                  + Send
                  + 'static,
 > + Send {
+    // Per request, only this connection's own `state` is cloned: `shared`'s reference count is
+    // a cache line every serving thread would move between cores.
     hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-        let shared = shared.clone();
         state.request_started();
         let guard = InFlight(state.clone());
+        let answer = (shared.app)(req.map(Body::new));
         async move {
-            let mut resp = (shared.app)(req.map(Body::new)).await;
-            if !h2 && shared.draining.load(Ordering::SeqCst) {
+            let mut resp = answer.await;
+            if !h2 && guard.0.shared.draining.load(Ordering::SeqCst) {
                 resp.headers_mut()
                     .insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
@@ -308,7 +313,7 @@ async fn drive<I>(io: I, h2: bool, shared: Arc<Shared>)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let state = Arc::new(ConnState::new());
+    let state = Arc::new(ConnState::new(shared.clone()));
     let io = Tracked {
         io,
         state: state.clone(),

@@ -137,7 +137,7 @@ async fn admit(state: &AppState, endpoint: Endpoint, req: Request) -> Response {
     // Wait for a slot before reading the body: waiting reviews hold no body. At most three
     // quarters of the deadline, so a review that gets a slot still has time to resolve.
     let slot_by = started + budget.mul_f64(0.75);
-    let slot = tokio::time::timeout_at(slot_by.into(), state.slots.clone().acquire_owned()).await;
+    let slot = tokio::time::timeout_at(slot_by.into(), state.slots.acquire()).await;
     match slot {
         Ok(Ok(_slot)) => {
             let body = match read_body(req.into_body(), max, hint, deadline).await {
@@ -187,17 +187,20 @@ async fn readyz(State(ready): State<Arc<AtomicBool>>) -> Response {
 /// `/mutate` and `/enforce` without the router: `serve`'s connections hand review POSTs to it
 /// directly (the router's dispatch costs about a tenth of a cached admission) and everything
 /// else to the router, which answers the same two routes the same way.
+///
+/// One `Arc` for the whole state: cloned for every review by the threads answering them, its
+/// reference count is a cache line they share, so there is one count to move, not four.
 #[derive(Clone)]
-pub struct Reviews(AppState);
+pub struct Reviews(Arc<AppState>);
 
 impl Reviews {
     pub fn new(admitter: Admitter, limits: ReviewLimits) -> Self {
         let slots = Arc::new(Semaphore::new(limits.max_concurrent_reviews.max(1)));
-        Self(AppState {
+        Self(Arc::new(AppState {
             admitter,
             limits,
             slots,
-        })
+        }))
     }
 
     /// The endpoint `req` is a review for: a POST to `/mutate` or `/enforce` (any query, as
@@ -227,7 +230,7 @@ impl Reviews {
         Router::new()
             .route("/mutate", post(mutate))
             .route("/enforce", post(enforce))
-            .with_state(self.0.clone())
+            .with_state(AppState::clone(&self.0))
             .merge(probes)
     }
 }
