@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 
 use super::connection::{connection, App, Shared};
-use super::workers::{Exec, Workers};
+use super::workers::{Exec, StopOnDrop, Workers};
 
 /// Default cap on open connections, per listener (the metrics listener takes at most
 /// [`METRICS_MAX_CONNECTIONS`]).
@@ -44,6 +44,7 @@ impl Listener {
             max_connections,
             workers,
         } = self;
+        let _stop_on_drop = workers.clone().map(StopOnDrop);
         let max = u32::try_from(max_connections).unwrap_or(u32::MAX).max(1);
         let slots = Arc::new(Semaphore::new(max as usize));
         let (force_tx, force_rx) = watch::channel(false);

@@ -143,6 +143,16 @@ impl Workers {
     }
 }
 
+/// Ends the threads when dropped, without waiting for them: a listener whose run is dropped
+/// before its drain ends (its task cancelled) does not leave them running.
+pub(super) struct StopOnDrop(pub(super) Arc<Workers>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.stop.send(true);
+    }
+}
+
 /// Decrements its thread's open count when the connection ends (or is dropped).
 struct Open(Arc<AtomicUsize>);
 
@@ -254,6 +264,17 @@ mod tests {
                 .into();
         assert_eq!(per, want);
         workers.stop().await;
+    }
+
+    #[tokio::test]
+    async fn dropping_the_guard_ends_the_threads_and_what_runs_on_them() {
+        let workers = Workers::start(2).expect("threads start");
+        let guard = StopOnDrop(workers.clone());
+        workers.spawn_connection(|| async { std::future::pending::<()>().await });
+        workers.spawn_connection(|| async { std::future::pending::<()>().await });
+        open_becomes(&workers, &[1, 1]).await;
+        drop(guard);
+        open_becomes(&workers, &[0, 0]).await;
     }
 
     #[tokio::test]
