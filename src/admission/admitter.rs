@@ -163,7 +163,7 @@ impl Admitter {
 
     fn count(&self, path: &'static str, outcome: &'static str, started: Instant) {
         self.metrics
-            .count_admission(path, outcome, started.elapsed().as_secs_f64());
+            .count_admission(path, outcome, started.elapsed());
     }
 }
 

@@ -7,6 +7,10 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::time::Duration;
+
+mod striped;
+pub use striped::{StripedCounter, StripedHistogram};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdmissionLabels {
@@ -68,8 +72,8 @@ const OUTCOMES: [&str; 8] = [
 /// `/metrics` shows the same series.
 #[derive(Default)]
 struct AdmissionHandles {
-    counts: [[std::sync::OnceLock<Counter>; OUTCOMES.len()]; PATHS.len()],
-    seconds: [std::sync::OnceLock<Histogram>; PATHS.len()],
+    counts: [[std::sync::OnceLock<StripedCounter>; OUTCOMES.len()]; PATHS.len()],
+    seconds: [std::sync::OnceLock<StripedHistogram>; PATHS.len()],
 }
 
 pub struct Metrics {
@@ -78,12 +82,14 @@ pub struct Metrics {
     /// One set for every metric, bounded: hosts come from pod specs.
     registry_labels: std::sync::Mutex<std::collections::HashSet<Box<str>>>,
     max_registry_labels: usize,
-    pub admissions: Family<AdmissionLabels, Counter>,
-    pub admission_seconds: HistogramFamily<PathLabel>,
+    /// Striped, as are `admission_seconds` and `cache_hits`: every review thread counts into
+    /// them on the cached path.
+    pub admissions: Family<AdmissionLabels, StripedCounter>,
+    pub admission_seconds: Family<PathLabel, StripedHistogram, fn() -> StripedHistogram>,
     admission_handles: AdmissionHandles,
     pub lookups: Family<LookupLabels, Counter>,
     pub lookup_seconds: HistogramFamily<RegistryLabel>,
-    pub cache_hits: Counter,
+    pub cache_hits: StripedCounter,
     pub cache_misses: Counter,
     pub stale_served: Counter,
     /// 0 closed, 1 open, 2 half-open.
@@ -97,9 +103,9 @@ pub struct Metrics {
     pub log_lines_dropped: Counter,
 }
 
-fn admission_histogram() -> Histogram {
+fn admission_histogram() -> StripedHistogram {
     // 0.5 ms .. ~16 s
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+    StripedHistogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
 
 fn lookup_histogram() -> Histogram {
@@ -141,14 +147,16 @@ impl Metrics {
     // read top to bottom; splitting it would only scatter that list.
     pub fn with_max_registries(max: usize) -> Self {
         let mut registry = Registry::with_prefix("tagpin");
-        let admissions = Family::<AdmissionLabels, Counter>::default();
+        let admissions = Family::<AdmissionLabels, StripedCounter>::default();
         registry.register(
             "admissions",
             "Admission reviews answered, by path and outcome",
             admissions.clone(),
         );
-        let admission_seconds: HistogramFamily<PathLabel> =
-            Family::new_with_constructor(admission_histogram);
+        let admission_seconds =
+            Family::<PathLabel, StripedHistogram, fn() -> StripedHistogram>::new_with_constructor(
+                admission_histogram,
+            );
         registry.register(
             "admission_duration_seconds",
             "Time to answer an admission review",
@@ -167,7 +175,7 @@ impl Metrics {
             "Time of one manifest lookup (including auth round trips)",
             lookup_seconds.clone(),
         );
-        let cache_hits = Counter::default();
+        let cache_hits = StripedCounter::default();
         registry.register("cache_hits", "Digest cache hits", cache_hits.clone());
         let cache_misses = Counter::default();
         registry.register("cache_misses", "Digest cache misses", cache_misses.clone());
@@ -228,7 +236,7 @@ impl Metrics {
     }
 
     /// Counts one admission answered on `path` with `outcome`, which took `seconds`.
-    pub fn count_admission(&self, path: &'static str, outcome: &'static str, seconds: f64) {
+    pub fn count_admission(&self, path: &'static str, outcome: &'static str, took: Duration) {
         let h = &self.admission_handles;
         let labels = AdmissionLabels { path, outcome };
         let p = PATHS.iter().position(|&x| x == path);
@@ -243,8 +251,8 @@ impl Metrics {
         match p.and_then(|p| h.seconds.get(p)) {
             Some(slot) => slot
                 .get_or_init(|| self.admission_seconds.get_or_create(&path).clone())
-                .observe(seconds),
-            None => self.admission_seconds.get_or_create(&path).observe(seconds),
+                .observe(took),
+            None => self.admission_seconds.get_or_create(&path).observe(took),
         }
     }
 
@@ -283,11 +291,12 @@ mod tests {
     fn admissions_count_into_the_series_of_their_labels_made_on_first_use() {
         let m = Metrics::new();
         assert!(!m.encode().contains("tagpin_admissions_total{"));
-        m.count_admission("mutate", "pinned", 0.001);
-        m.count_admission("mutate", "pinned", 0.002);
-        m.count_admission("enforce", "invalid", 0.003);
+        let ms = Duration::from_millis;
+        m.count_admission("mutate", "pinned", ms(1));
+        m.count_admission("mutate", "pinned", ms(2));
+        m.count_admission("enforce", "invalid", ms(3));
         // Outside the kept handles: counted through the family, as before.
-        m.count_admission("mutate", "unheard-of", 0.004);
+        m.count_admission("mutate", "unheard-of", ms(4));
         let series = |path, outcome| {
             m.admissions
                 .get_or_create(&AdmissionLabels { path, outcome })
