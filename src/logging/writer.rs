@@ -2,9 +2,10 @@
 //! thread that writes them to the sink.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::thread::Thread;
 use std::time::{Duration, SystemTime};
 
 use tracing::{Event, Subscriber};
@@ -25,12 +26,57 @@ pub(super) enum Message {
 }
 
 /// A log writer that never waits for its sink: each line goes into a bounded queue that a thread
-/// of its own writes to the sink (within [`IDLE_POLL`]); a line that finds the queue full is
-/// dropped and counted.
+/// of its own writes to the sink (within [`IDLE_POLL`] while lines come); a line that finds the
+/// queue full is dropped and counted.
 #[derive(Clone)]
 pub struct NonBlocking {
     queue: SyncSender<Message>,
     pub(super) dropped: Arc<AtomicU64>,
+    wake: Arc<Wake>,
+}
+
+/// How the writer thread waits for lines: it polls while they come, so that handing it a line
+/// never has to wake a thread (a system call per line), and once none came for a while it
+/// sleeps until the next one wakes it, so an idle webhook does not wake 100 times a second.
+#[derive(Clone, Copy, Debug)]
+struct Timing {
+    /// The sleep between two looks at an empty queue.
+    poll: Duration,
+    /// Empty looks in a row before the writer sleeps until woken.
+    polls_before_sleep: u32,
+    /// How long a sleeping writer sleeps at most: a wake-up lost to a race delays a line by no
+    /// more than this.
+    longest_sleep: Duration,
+}
+
+const TIMING: Timing = Timing {
+    poll: IDLE_POLL,
+    polls_before_sleep: 50,
+    longest_sleep: Duration::from_secs(5),
+};
+
+/// Shared by the writer thread and whoever queues: whether the writer sleeps until woken.
+#[derive(Default)]
+struct Wake {
+    asleep: AtomicBool,
+    writer: OnceLock<Thread>,
+    /// Times the writer went to sleep when it found the queue empty (tests).
+    sleeps: AtomicU64,
+}
+
+impl Wake {
+    /// After a message was queued: wakes the writer if it sleeps until woken. A load while it
+    /// polls, so a line under load costs no write to a line the writer shares.
+    fn queued(&self) {
+        // Pairs with the fence in `wait_for_lines`: either the writer sees this message when it
+        // looks once more, or this sees it asleep.
+        fence(Ordering::SeqCst);
+        if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::Relaxed) {
+            if let Some(t) = self.writer.get() {
+                t.unpark();
+            }
+        }
+    }
 }
 
 impl NonBlocking {
@@ -42,25 +88,31 @@ impl NonBlocking {
         format: LogFormat,
         ansi: bool,
     ) -> (Self, Flush) {
-        Self::start(sink, capacity, Some((format, ansi)))
+        Self::start(sink, capacity, Some((format, ansi)), TIMING)
     }
 
     /// A writer to `sink` holding at most `capacity` lines, and the guard that flushes it.
     pub fn new<S: Write + Send + 'static>(sink: S, capacity: usize) -> (Self, Flush) {
-        Self::start(sink, capacity, None)
+        Self::start(sink, capacity, None, TIMING)
     }
 
     fn start<S: Write + Send + 'static>(
         sink: S,
         capacity: usize,
         format: Option<(LogFormat, bool)>,
+        timing: Timing,
     ) -> (Self, Flush) {
         let (queue, lines) = mpsc::sync_channel(capacity);
+        let wake = Arc::new(Wake::default());
+        let writer_wake = wake.clone();
         let thread = std::thread::Builder::new()
             .name("log-writer".into())
             .spawn(move || {
+                // Before it can sleep: whoever finds it asleep has the handle to wake it.
+                let _ = writer_wake.writer.set(std::thread::current());
                 let format = format.unwrap_or((LogFormat::Text, false));
-                write_lines(sink, lines, Formatter::new(format.0, format.1))
+                let formatter = Formatter::new(format.0, format.1);
+                write_lines(sink, lines, formatter, &writer_wake, timing)
             });
         let dropped = Arc::new(AtomicU64::new(0));
         if let Err(e) = thread {
@@ -69,8 +121,16 @@ impl NonBlocking {
         }
         let flush = Flush {
             queue: queue.clone(),
+            wake: wake.clone(),
         };
-        (Self { queue, dropped }, flush)
+        (
+            Self {
+                queue,
+                dropped,
+                wake,
+            },
+            flush,
+        )
     }
 
     /// Lines dropped so far.
@@ -85,7 +145,7 @@ impl NonBlocking {
     /// Queues `message`, or drops and counts it when the queue is full.
     pub(super) fn queue_message(&self, message: Message) {
         match self.queue.try_send(message) {
-            Ok(()) => {}
+            Ok(()) => self.wake.queued(),
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             }
@@ -93,38 +153,80 @@ impl NonBlocking {
     }
 }
 
-/// How long the writer thread sleeps when it finds the queue empty. It polls rather than waits on
-/// the queue, so that handing it a line never has to wake a thread (a system call per line).
+/// How long the writer thread sleeps when it finds the queue empty while lines come ([`Timing`]).
 const IDLE_POLL: Duration = Duration::from_millis(10);
 
 /// The writer thread: lines in order, flushed whenever the queue runs empty; ends when every
 /// sender is gone.
-fn write_lines<S: Write>(sink: S, lines: Receiver<Message>, mut formatter: Formatter) {
+fn write_lines<S: Write>(
+    sink: S,
+    lines: Receiver<Message>,
+    mut formatter: Formatter,
+    wake: &Wake,
+    timing: Timing,
+) {
     let mut out = std::io::BufWriter::with_capacity(64 << 10, sink);
-    loop {
-        match lines.try_recv() {
+    while let Some(message) = next_message(&lines, &mut out, wake, timing) {
+        match message {
             // A sink that fails loses the line; there is nowhere else to say so.
-            Ok(Message::Line(l)) => {
+            Message::Line(l) => {
                 let _ = out.write_all(&l);
             }
-            Ok(Message::Event(e)) => {
+            Message::Event(e) => {
                 let _ = out.write_all(&formatter.format(&e));
             }
-            Ok(Message::Deferred(line, at)) => {
+            Message::Deferred(line, at) => {
                 let _ = out.write_all(formatter.format_line(&*line, at));
             }
-            Ok(Message::Flush(done)) => {
+            Message::Flush(done) => {
                 let _ = out.flush();
                 let _ = done.send(());
             }
-            Err(mpsc::TryRecvError::Empty) => {
-                let _ = out.flush();
-                std::thread::sleep(IDLE_POLL);
-            }
-            Err(mpsc::TryRecvError::Disconnected) => break,
         }
     }
     let _ = out.flush();
+}
+
+/// The next message, waiting as [`Timing`] says; `None` once every sender is gone. `out` is
+/// flushed whenever the queue is found empty.
+fn next_message(
+    lines: &Receiver<Message>,
+    out: &mut impl Write,
+    wake: &Wake,
+    timing: Timing,
+) -> Option<Message> {
+    let mut empty_looks = 0;
+    loop {
+        match lines.try_recv() {
+            Ok(m) => return Some(m),
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) => {}
+        }
+        let _ = out.flush();
+        if empty_looks < timing.polls_before_sleep {
+            empty_looks += 1;
+            std::thread::sleep(timing.poll);
+            continue;
+        }
+        wake.asleep.store(true, Ordering::Relaxed);
+        // Pairs with the fence in `Wake::queued`: a message queued before it is seen below; one
+        // queued after it finds `asleep` set and wakes this thread.
+        fence(Ordering::SeqCst);
+        match lines.try_recv() {
+            Ok(m) => {
+                wake.asleep.store(false, Ordering::Relaxed);
+                return Some(m);
+            }
+            Err(mpsc::TryRecvError::Disconnected) => return None,
+            Err(mpsc::TryRecvError::Empty) => {
+                wake.sleeps.fetch_add(1, Ordering::Relaxed);
+                // An unpark that came first returns at once (its token is kept).
+                std::thread::park_timeout(timing.longest_sleep);
+                wake.asleep.store(false, Ordering::Relaxed);
+                empty_looks = 0;
+            }
+        }
+    }
 }
 
 /// One log line on its way: the formatter writes it here, and it is queued when dropped.
@@ -184,6 +286,7 @@ impl<S: Subscriber> tracing_subscriber::Layer<S> for Capture {
 /// (a sink that blocks for longer loses them rather than holding up the exit).
 pub struct Flush {
     queue: SyncSender<Message>,
+    wake: Arc<Wake>,
 }
 
 impl Flush {
@@ -195,7 +298,10 @@ impl Flush {
         // The queue may be full: wait for room, but not past the deadline.
         loop {
             match self.queue.try_send(message) {
-                Ok(()) => break,
+                Ok(()) => {
+                    self.wake.queued();
+                    break;
+                }
                 Err(TrySendError::Disconnected(_)) => return false,
                 Err(TrySendError::Full(m)) => {
                     if std::time::Instant::now() >= deadline {
@@ -290,6 +396,51 @@ mod tests {
         assert!(String::from_utf8(written.lock().unwrap().clone())
             .unwrap()
             .ends_with("line 3\nafter\n"));
+    }
+
+    /// Polls every 1 ms, sleeps after 3 empty looks, and would sleep a minute unless woken.
+    const QUICK: Timing = Timing {
+        poll: Duration::from_millis(1),
+        polls_before_sleep: 3,
+        longest_sleep: Duration::from_secs(60),
+    };
+
+    /// Waits up to 10 s for `done`.
+    fn eventually(done: impl Fn() -> bool) -> bool {
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while std::time::Instant::now() < until {
+            if done() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    #[test]
+    fn an_idle_writer_sleeps_until_a_line_wakes_it() {
+        let written = super::super::TestSink::default();
+        let (w, _flush) = NonBlocking::start(written.clone(), 16, None, QUICK);
+        log(&w, "first\n");
+        assert!(eventually(|| written.text() == "first\n"));
+        // No line comes: after 3 empty looks it sleeps, and stays asleep (polling, it would
+        // look 100 more times in these 100 ms).
+        assert!(eventually(|| w.wake.asleep.load(Ordering::SeqCst)));
+        let sleeps = w.wake.sleeps.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(100));
+        assert_eq!(w.wake.sleeps.load(Ordering::SeqCst), sleeps);
+        // A line wakes it: written long before the minute it would otherwise sleep.
+        for i in 0..3 {
+            log(&w, &format!("again {i}\n"));
+            let want = format!("again {i}\n");
+            assert!(
+                eventually(|| written.text().ends_with(&want)),
+                "{:?}",
+                written.text()
+            );
+            assert!(eventually(|| w.wake.asleep.load(Ordering::SeqCst)));
+        }
+        assert_eq!(w.dropped(), 0);
     }
 
     #[test]
