@@ -221,9 +221,10 @@ fn next_message(
             Err(mpsc::TryRecvError::Empty) => {
                 wake.sleeps.fetch_add(1, Ordering::Relaxed);
                 // An unpark that came first returns at once (its token is kept).
+                // Woken by a line or by the time: either way it looks once more, and if the
+                // queue is still empty it sleeps again at once (the polls are for a busy writer).
                 std::thread::park_timeout(timing.longest_sleep);
                 wake.asleep.store(false, Ordering::Relaxed);
-                empty_looks = 0;
             }
         }
     }
@@ -441,6 +442,24 @@ mod tests {
             assert!(eventually(|| w.wake.asleep.load(Ordering::SeqCst)));
         }
         assert_eq!(w.dropped(), 0);
+    }
+
+    #[test]
+    fn a_writer_woken_by_the_time_alone_sleeps_again_without_polling() {
+        // Sleeps 20 ms at most; 100 polls of at least 1 ms each before the first sleep.
+        let timing = Timing {
+            poll: Duration::from_millis(1),
+            polls_before_sleep: 100,
+            longest_sleep: Duration::from_millis(20),
+        };
+        let (w, _flush) = NonBlocking::start(std::io::sink(), 16, None, timing);
+        assert!(eventually(|| w.wake.asleep.load(Ordering::SeqCst)));
+        let before = w.wake.sleeps.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+        // Back to sleep after each 20 ms: about 15 sleeps. Polling 100 times after each
+        // (at least 120 ms a round) would make 3 at most.
+        let slept = w.wake.sleeps.load(Ordering::SeqCst) - before;
+        assert!(slept >= 6, "{slept} sleeps in 300 ms");
     }
 
     #[test]
