@@ -65,10 +65,10 @@ struct Wake {
 }
 
 impl Wake {
-    /// After a message was queued: wakes the writer if it sleeps until woken. A load while it
-    /// polls, so a line under load costs no write to a line the writer shares.
+    /// After a message was queued: wakes the writer if it sleeps until woken. While it polls,
+    /// this is one load: a busy log path writes nothing to memory it shares with the writer.
     fn queued(&self) {
-        // Pairs with the fence in `wait_for_lines`: either the writer sees this message when it
+        // Pairs with the fence in `next_message`: either the writer sees this message when it
         // looks once more, or this sees it asleep.
         fence(Ordering::SeqCst);
         if self.asleep.load(Ordering::Relaxed) && self.asleep.swap(false, Ordering::Relaxed) {
@@ -220,9 +220,9 @@ fn next_message(
             Err(mpsc::TryRecvError::Disconnected) => return None,
             Err(mpsc::TryRecvError::Empty) => {
                 wake.sleeps.fetch_add(1, Ordering::Relaxed);
-                // An unpark that came first returns at once (its token is kept).
-                // Woken by a line or by the time: either way it looks once more, and if the
-                // queue is still empty it sleeps again at once (the polls are for a busy writer).
+                // An unpark that came first returns at once (its token is kept). Woken by a
+                // line or by the time, it looks once more; if the queue is still empty, it
+                // sleeps again at once (the polls are for a busy writer).
                 std::thread::park_timeout(timing.longest_sleep);
                 wake.asleep.store(false, Ordering::Relaxed);
             }

@@ -1,13 +1,14 @@
 //! Prometheus metrics. Label values are bounded sets (paths, outcomes, registry hosts): never an
 //! image name or a namespace.
 
+use std::time::Duration;
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
-use std::time::Duration;
 
 mod striped;
 pub use striped::{StripedCounter, StripedHistogram};

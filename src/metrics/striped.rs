@@ -94,7 +94,7 @@ struct HistogramInner {
 
 /// A histogram of durations with fixed bounds (`prometheus_client`'s `Histogram` as far as
 /// `/metrics` shows). The count is the sum of the buckets, so `_count` always equals the `+Inf`
-/// bucket; `_sum` may trail them by the observations under way.
+/// bucket; `_sum` may differ from them by the observations under way.
 #[derive(Clone, Debug)]
 pub struct StripedHistogram(Arc<HistogramInner>);
 
