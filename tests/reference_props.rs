@@ -1,14 +1,15 @@
 //! Properties of the cached path's shortcuts (issue 25), on generated input: the resolver's kept
 //! parses classify every string exactly as a fresh parse does (seen once, seen again, after
-//! eviction, past the length kept), and the digest and pinned spellings written without the
-//! formatter are the ones written with it. Pure: no server, no registry.
+//! eviction, past the length kept), the digest and pinned spellings written without the
+//! formatter are the ones written with it, and the reference grammar parsed in one pass answers
+//! what oci-client's `Reference` (a regex) answers. Pure: no server, no registry.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 
 use proptest::prelude::*;
 use tagpin::metrics::Metrics;
-use tagpin::reference::{Digest, ImageRef};
+use tagpin::reference::{Digest, ImageRef, ReferenceError};
 use tagpin::resolve::{classify, Resolver, ResolverConfig};
 
 /// Image strings: valid references of every shape, near misses, hostile text, long strings.
@@ -60,6 +61,50 @@ fn digest() -> impl Strategy<Value = Digest> {
             Digest::Sha512(b)
         }),
     ]
+}
+
+/// Strings near the name grammar: domains with capitals and ports, every separator, empty and
+/// doubled components, tags.
+fn near_names() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z0-9._:/-]{0,40}",
+        "([a-zA-Z0-9_-]{1,6}(\\.[a-zA-Z0-9_-]{0,6}){0,2}(:[0-9a]{0,5})?/)?[a-z0-9._-]{1,10}(/[a-zA-Z0-9._-]{0,8}){0,3}(:[A-Za-z0-9_.-]{1,8})?",
+        "(docker\\.io|index\\.docker\\.io|localhost|localhost:5000|Localhost)(/[a-z0-9]{1,6}){0,2}(:v1)?",
+        "[a-z0-9]{1,3}(([._]|__|___|-{1,3}|\\.-|_\\.)[a-z0-9]{1,3}){1,4}",
+        "([a-z]{1,4}\\.)?[a-z]{1,4}/[a-z]{240,260}",
+        image(),
+    ]
+}
+
+/// What oci-client's `Reference` makes of `s`: registry (as the API is reached) and repository,
+/// or its error.
+fn reference(s: &str) -> Result<(String, String), String> {
+    oci_client::Reference::try_from(s)
+        .map(|r| (r.resolve_registry().to_string(), r.repository().to_string()))
+        .map_err(|e| e.to_string())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(4096))]
+
+    #[test]
+    fn the_grammar_answers_what_the_regex_answers(s in near_names()) {
+        match ImageRef::parse(&s) {
+            Ok(r) => prop_assert_eq!(
+                reference(&s),
+                Ok((r.registry().to_string(), r.repository().to_string())),
+                "{:?}", s
+            ),
+            // Refused by the grammar: the regex refuses it, for the same reason.
+            Err(ReferenceError::Invalid { reason, .. })
+                if reason == "invalid reference format" || reason.starts_with("repository name") =>
+            {
+                prop_assert_eq!(reference(&s), Err(reason), "{:?}", s)
+            }
+            // Refused before the grammar (a digest, whitespace, a tag out of its rules).
+            Err(_) => {}
+        }
+    }
 }
 
 proptest! {

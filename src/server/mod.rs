@@ -134,8 +134,6 @@ pub async fn serve(
     )?;
     let max_connections = connection_limit(cfg.max_connections);
     let ready = Arc::new(AtomicBool::new(false));
-    // Before /readyz turns ready: the first admission should not pay for one-time set-up.
-    crate::reference::warm_up();
     let review_listener = bind(cfg.listen).await?;
     let metrics_listener = bind(cfg.metrics_listen).await?;
     let addr = review_listener.local_addr()?;

@@ -1,14 +1,14 @@
 //! Image references: what a user wrote, what a registry is asked, and the pinned spelling.
 //!
-//! Pure: no network. The normalized view (registry host, repository path, tag) comes from
-//! `oci_client::Reference` (distribution's own normalization rules); the pinned value keeps the
+//! Pure: no network. The normalized view (registry host, repository path, tag) follows the
+//! distribution project's grammar and normalization rules (`grammar`); the pinned value keeps the
 //! user's spelling of the repository, so `nginx:1.27` becomes `nginx@sha256:…`, never a surprise
 //! `docker.io/library/nginx@sha256:…`.
 
 use std::fmt;
 use std::sync::Arc;
 
-use oci_client::Reference;
+mod grammar;
 
 /// An image as found in an object, split into the parts tagpin needs. Cheap to clone (the parts
 /// are shared): an admission hands one per image to its answer, and the resolver keeps parsed
@@ -88,10 +88,8 @@ impl ImageRef {
                 ));
             }
         }
-        let parsed: Reference = image
-            .parse()
-            .map_err(|e: oci_client::ParseError| invalid(&e.to_string()))?;
-        let (registry, repository) = (parsed.resolve_registry(), parsed.repository());
+        let name = grammar::split(written_repo).map_err(|e| invalid(&e.to_string()))?;
+        let (registry, repository) = (name.registry, &*name.repository);
         let tag_or_latest = tag.unwrap_or("latest");
         let mut cache_name =
             String::with_capacity(registry.len() + repository.len() + tag_or_latest.len() + 2);
@@ -158,13 +156,6 @@ impl fmt::Display for ImageRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.original())
     }
-}
-
-/// Builds the reference grammar ahead of time. `oci_client::Reference` compiles a large regex on
-/// first use, which cost the first admission after start 60–100 ms (found with `perf`: the time
-/// was all `regex_automata` compilation). The server calls this before it reports ready.
-pub fn warm_up() {
-    let _ = ImageRef::parse("registry.example:5000/warm/up:1");
 }
 
 fn valid_tag(t: &str) -> bool {
